@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Installs every system package that building, testing and running the demo
+# need, on Debian 12 (bookworm) or a newer Debian / Ubuntu. Idempotent: a
+# second run installs nothing and changes nothing.
+#
+# On Debian 12, Catch2 v3 and a Meson >= 1.0 only exist in the
+# bookworm-backports suite of Debian's own archive; the script enables that
+# suite when it is missing and takes just those two packages from it.
+set -euo pipefail
+
+packages=(g++ clang ninja-build pkg-config libssl-dev meson catch2)
+backported=(meson catch2)
+
+if [ "$(id -u)" -eq 0 ]; then
+    as_root() { "$@"; }
+else
+    command -v sudo >/dev/null || { echo "setup: run as root or install sudo" >&2; exit 1; }
+    as_root() { sudo "$@"; }
+fi
+
+# shellcheck disable=SC1091
+. /etc/os-release
+codename=${VERSION_CODENAME:-}
+
+have_all() {
+    local p
+    for p in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || return 1
+    done
+    # The versions matter too: Debian 12's own meson (0.63) and catch2 (2.x) are too old.
+    dpkg --compare-versions "$(meson --version 2>/dev/null || echo 0)" ge 1.0 &&
+        pkg-config --atleast-version=3 catch2-with-main &&
+        pkg-config --atleast-version=3.0 openssl
+}
+
+if have_all; then
+    echo "setup: all packages present"
+    exit 0
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+use_backports=()
+if [ "${ID:-}" = debian ] && [ "$codename" = bookworm ]; then
+    if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        echo "setup: enabling bookworm-backports"
+        as_root tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    fi
+    use_backports=(-t bookworm-backports)
+fi
+
+# A stale third-party source must not stop us from reading Debian's lists.
+as_root apt-get update || echo "setup: apt-get update reported errors; continuing with what it fetched" >&2
+
+if [ ${#use_backports[@]} -gt 0 ]; then
+    others=()
+    for p in "${packages[@]}"; do
+        case " ${backported[*]} " in *" $p "*) ;; *) others+=("$p") ;; esac
+    done
+    as_root apt-get install -y --no-install-recommends "${others[@]}"
+    as_root apt-get install -y --no-install-recommends "${use_backports[@]}" "${backported[@]}"
+else
+    as_root apt-get install -y --no-install-recommends "${packages[@]}"
+fi
+
+have_all || { echo "setup: packages still missing or too old after install" >&2; exit 1; }
+echo "setup: done"
