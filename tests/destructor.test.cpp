@@ -7,16 +7,12 @@
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/generators/catch_generators.hpp>
 
-#include <pthread.h>
-#include <signal.h>
 #include <sys/socket.h>
 
-#include <algorithm>
-#include <cerrno>
 #include <chrono>
 #include <cstddef>
 #include <optional>
-#include <span>
+#include <exception>
 #include <string>
 #include <system_error>
 #include <type_traits>
@@ -26,162 +22,27 @@ namespace {
 
 using namespace std::chrono_literals;
 using support::ending;
+using support::to_string;
 
 template <class Policy>
 using stream = tls::tls_stream<tls::unique_socket, Policy>;
-
-std::string name(ending e) { return support::to_string(e); }
-
-std::string name(tls::shutdown_result r)
-{
-    switch (r) {
-    case tls::shutdown_result::none: return "none";
-    case tls::shutdown_result::quiet: return "quiet";
-    case tls::shutdown_result::sent: return "sent";
-    case tls::shutdown_result::complete: return "complete";
-    }
-    return "?";
-}
-
-/// Runs `f` as the peer on its own thread, with SIGPIPE blocked on that
-/// thread only: the raw peer writes with plain write() (OpenSSL's socket
-/// BIO), and OpenSSL answers an unexpected EOF with a fatal alert, which on
-/// an AF_UNIX socket whose other end is closed would raise SIGPIPE. The
-/// process's signal handling is left untouched.
-template <class F>
-support::peer_thread run_peer(F&& f)
-{
-    return support::peer_thread([fn = std::forward<F>(f)]() mutable {
-        sigset_t set;
-        sigemptyset(&set);
-        sigaddset(&set, SIGPIPE);
-        pthread_sigmask(SIG_BLOCK, &set, nullptr);
-        fn();
-    });
-}
-
-template <class Stream>
-std::string read_exact(Stream& s, std::size_t n)
-{
-    std::string out;
-    std::byte buf[256];
-    while (out.size() < n) {
-        const std::size_t got = s.read_some(std::span(buf, std::min(sizeof buf, n - out.size())));
-        if (got == 0)
-            break;
-        out += support::text(std::span(buf, got));
-    }
-    return out;
-}
-
-std::string peer_read_exact(support::raw_peer& p, std::size_t n)
-{
-    std::string out;
-    while (out.size() < n) {
-        ending how{};
-        const std::string chunk = p.read_some(n - out.size(), how);
-        support::ensure(!chunk.empty(), "raw peer: stream ended early: " + name(how));
-        out += chunk;
-    }
-    return out;
-}
-
-/// Alerts the raw peer received (of any kind).
-int received_alerts(const support::raw_peer& p)
-{
-    int n = 0;
-    for (const support::alert& a : p.alerts())
-        n += a.sent ? 0 : 1;
-    return n;
-}
-
-/// Reads whatever `fd` holds right now without waiting; stops at EOF.
-std::string read_raw_available(int fd)
-{
-    std::string out;
-    char buf[4096];
-    for (;;) {
-        const ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
-        if (n > 0)
-            out.append(buf, static_cast<std::size_t>(n));
-        else if (n < 0 && errno == EINTR)
-            continue;
-        else
-            return out;
-    }
-}
-
-struct raw_end {
-    std::string bytes;      // everything read before the end
-    bool clean_eof = false; // recv() returned 0
-    int error = 0;          // errno otherwise (EAGAIN: the 10 s socket timeout)
-};
-
-/// Reads `fd` (blocking, bounded by its socket timeout) until it ends.
-raw_end read_raw_until_eof(int fd)
-{
-    raw_end r;
-    char buf[4096];
-    for (;;) {
-        const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-        if (n > 0) {
-            r.bytes.append(buf, static_cast<std::size_t>(n));
-        } else if (n == 0) {
-            r.clean_eof = true;
-            return r;
-        } else if (errno != EINTR) {
-            r.error = errno;
-            return r;
-        }
-    }
-}
 
 /// How many whole TLS records `wire` holds; -1 if it is not a sequence of
 /// whole records.
 int count_records(const std::string& wire)
 {
-    std::size_t at = 0;
-    int n = 0;
-    while (at < wire.size()) {
-        if (wire.size() - at < 5)
-            return -1;
-        const std::size_t len = static_cast<std::size_t>(static_cast<unsigned char>(wire[at + 3])) << 8
-                                | static_cast<unsigned char>(wire[at + 4]);
-        at += 5 + len;
-        if (at > wire.size())
-            return -1;
-        ++n;
-    }
-    return n;
+    const auto types = support::record_types(wire);
+    return types ? static_cast<int>(types->size()) : -1;
 }
 
-/// A client tls_stream `s` connected to a raw OpenSSL server, with one round
-/// trip of application data already done (TLS 1.3 session tickets consumed,
-/// no unread bytes in either socket).
+/// A support::session whose client tls_stream has done one round trip of
+/// application data (support::ping_pong). The check stays here, not in
+/// support, because it is a Catch2 assertion.
 template <class Policy>
-struct connection {
-    connection(int version, bool tcp) : connection(version, support::make_pair(tcp)) {}
-
-    tls::context own_ctx;
-    tls::context peer_ctx;
-    support::raw_peer peer;
-    std::optional<stream<Policy>> s;
-
-private:
-    connection(int version, support::socket_pair pair)
-        : own_ctx(support::client_context(version)), peer_ctx(support::server_context(version)),
-          peer(peer_ctx, std::move(pair.b)), s(std::in_place, own_ctx, std::move(pair.a))
+struct connection : support::session<stream<Policy>> {
+    connection(int version, bool tcp) : support::session<stream<Policy>>(version, tcp)
     {
-        s->set_io_timeout(5s);
-        auto t = run_peer([this] {
-            peer.accept();
-            support::ensure(peer_read_exact(peer, 4) == "ping", "raw peer: expected ping");
-            peer.write("pong");
-        });
-        s->connect("localhost");
-        s->write_all(support::bytes("ping"));
-        const std::string pong = read_exact(*s, 4);
-        t.join();
+        const std::string pong = support::ping_pong(*this->stream, this->peer);
         REQUIRE(pong == "pong");
     }
 };
@@ -214,23 +75,23 @@ TEMPLATE_TEST_CASE("destroying a moved-from stream does nothing and the moved-to
     CAPTURE(version, tcp);
 
     connection<TestType> c(version, tcp);
-    std::optional<stream<TestType>> moved(std::in_place, std::move(*c.s));
-    c.s.reset(); // the moved-from stream
+    std::optional<stream<TestType>> moved(std::in_place, std::move(*c.stream));
+    c.stream.reset(); // the moved-from stream
     const unsigned long left = ERR_peek_error();
 
     std::string got;
     int alerts_before_data = -1;
     ending how{};
-    auto t = run_peer([&] {
-        got = peer_read_exact(c.peer, 10);
-        alerts_before_data = received_alerts(c.peer);
+    support::peer_thread t([&] {
+        got = c.peer.read_exactly(10);
+        alerts_before_data = c.peer.received_alerts();
         c.peer.write("still here");
         how = c.peer.read_to_end().second;
         if (TestType::mode == tls::close_mode::full && how == ending::close_notify)
             c.peer.shutdown();
     });
     moved->write_all(support::bytes("after move"));
-    const std::string reply = read_exact(*moved, 10);
+    const std::string reply = support::read_exactly(*moved, 10);
     moved.reset(); // the moved-to stream closes by its policy
     t.join();
 
@@ -240,12 +101,12 @@ TEMPLATE_TEST_CASE("destroying a moved-from stream does nothing and the moved-to
     CHECK(reply == "still here");
     // Exactly the moved-to stream's closure, nothing from the moved-from one.
     if constexpr (TestType::mode == tls::close_mode::quiet) {
-        CHECK(name(how) == "unexpected_eof");
-        CHECK(received_alerts(c.peer) == 0);
+        CHECK(to_string(how) == "unexpected_eof");
+        CHECK(c.peer.received_alerts() == 0);
     } else {
-        CHECK(name(how) == "close_notify");
+        CHECK(to_string(how) == "close_notify");
         CHECK(c.peer.count_alerts(false, 0) == 1);
-        CHECK(received_alerts(c.peer) == 1);
+        CHECK(c.peer.received_alerts() == 1);
     }
 }
 
@@ -266,7 +127,7 @@ TEMPLATE_TEST_CASE("destroying a stream that never ran its handshake puts no byt
         stream<TestType> s(ctx, std::move(pair.a));
     } // closes the socket too
     const unsigned long left = ERR_peek_error();
-    const raw_end wire = read_raw_until_eof(pair.b.native_handle());
+    const support::raw_end wire = support::read_raw_until_eof(pair.b.native_handle());
 
     CHECK(left == 0);
     INFO("bytes on the wire: " << wire.bytes.size());
@@ -289,15 +150,15 @@ TEMPLATE_TEST_CASE("destroying a stream whose handshake failed sends no close_no
     s->set_io_timeout(5s);
 
     bool accepted = true;
-    raw_end after;
-    auto t = run_peer([&] {
+    support::raw_end after;
+    support::peer_thread t([&] {
         try {
             peer.accept();
         } catch (const std::exception&) {
             accepted = false; // our fatal alert (unknown CA) ended it
         }
         // Everything we send after the failed handshake: must be nothing.
-        after = read_raw_until_eof(peer.fd());
+        after = support::read_raw_until_eof(peer.fd());
     });
     std::string what;
     try {
@@ -314,7 +175,7 @@ TEMPLATE_TEST_CASE("destroying a stream whose handshake failed sends no close_no
     CHECK(what.find("certificate verify failed") != std::string::npos);
     CHECK_FALSE(accepted);
     CHECK(peer.count_alerts(false, 0) == 0);
-    CHECK(received_alerts(peer) == 1); // only our fatal alert at the failure
+    CHECK(peer.received_alerts() == 1); // only our fatal alert at the failure
     INFO("bytes after the failed handshake: " << after.bytes.size());
     CHECK(after.bytes.empty());
     CHECK(after.clean_eof);
@@ -336,11 +197,11 @@ TEMPLATE_TEST_CASE("destroying a stream whose handshake timed out puts nothing m
 
     std::error_code ec;
     s->connect("localhost", ec); // the server never answers
-    const std::string before = read_raw_available(pair.b.native_handle());
+    const std::string before = support::read_raw_available(pair.b.native_handle());
     ERR_clear_error();
     s.reset();
     const unsigned long left = ERR_peek_error();
-    const raw_end after = read_raw_until_eof(pair.b.native_handle());
+    const support::raw_end after = support::read_raw_until_eof(pair.b.native_handle());
 
     CHECK(ec == tls::errc::timeout);
     CHECK(count_records(before) == 1); // our ClientHello, nothing else
@@ -379,7 +240,7 @@ TEMPLATE_TEST_CASE("destroying a stream that saw a fatal error puts nothing more
 
     std::byte buf[64];
     std::error_code ec;
-    const std::size_t n = c.s->read_some(buf, ec);
+    const std::size_t n = c.stream->read_some(buf, ec);
     INFO("read_some: " << ec.message());
     CHECK(n == 0);
     REQUIRE(ec);
@@ -389,22 +250,22 @@ TEMPLATE_TEST_CASE("destroying a stream that saw a fatal error puts nothing more
         CHECK(ec == tls::errc::stream_truncated);
 
     // What OpenSSL sent at the moment of the failure (its fatal alert, if any).
-    const std::string before = read_raw_available(peer_fd);
+    const std::string before = support::read_raw_available(peer_fd);
     std::error_code again;
     tls::shutdown_result result = tls::shutdown_result::none;
     if (shutdown_first)
-        result = c.s->shutdown(again);
-    const std::string after_shutdown = read_raw_available(peer_fd);
-    c.s.reset();
+        result = c.stream->shutdown(again);
+    const std::string after_shutdown = support::read_raw_available(peer_fd);
+    c.stream.reset();
     const unsigned long left = ERR_peek_error();
-    const raw_end after = read_raw_until_eof(peer_fd);
+    const support::raw_end after = support::read_raw_until_eof(peer_fd);
 
     INFO("bytes at the failure: " << before.size());
     CHECK(count_records(before) >= 0);
     CHECK(count_records(before) <= 1);
     if (shutdown_first) {
         CHECK(again == ec); // reports the fatal error again
-        CHECK(name(result) == "none");
+        CHECK(to_string(result) == "none");
         CHECK(after_shutdown.empty());
     }
     INFO("bytes after the failure: " << after.bytes.size());
@@ -425,16 +286,16 @@ TEMPLATE_TEST_CASE("destroying a stream whose write timed out puts nothing more 
     CAPTURE(version);
 
     connection<TestType> c(version, false);
-    c.s->set_io_timeout(300ms);
+    c.stream->set_io_timeout(300ms);
     const std::string big(8 * 1024 * 1024, 'x'); // far more than the socket buffers hold; the peer reads nothing
     std::error_code ec;
-    c.s->write_all(support::bytes(big), ec);
+    c.stream->write_all(support::bytes(big), ec);
     REQUIRE(ec == tls::errc::timeout);
 
-    const std::string before = read_raw_available(c.peer.fd());
-    c.s.reset();
+    const std::string before = support::read_raw_available(c.peer.fd());
+    c.stream.reset();
     const unsigned long left = ERR_peek_error();
-    const raw_end after = read_raw_until_eof(c.peer.fd());
+    const support::raw_end after = support::read_raw_until_eof(c.peer.fd());
 
     INFO("bytes before destruction: " << before.size() << ", after: " << after.bytes.size());
     CHECK_FALSE(before.empty());
@@ -456,37 +317,37 @@ TEMPLATE_TEST_CASE("destroying a stream after shutdown() only frees it", "[destr
 
     connection<TestType> c(version, tcp);
     ending how{};
-    raw_end after;
-    auto t = run_peer([&] {
+    support::raw_end after;
+    support::peer_thread t([&] {
         how = c.peer.read_to_end().second;
         if (full && how == ending::close_notify)
             c.peer.shutdown();
         // After our close_notify (or, for quiet, after the transport ended):
         // nothing more may arrive, only the end of the transport.
         if (!quiet)
-            after = read_raw_until_eof(c.peer.fd());
+            after = support::read_raw_until_eof(c.peer.fd());
     });
     std::error_code ec1;
     std::error_code ec2;
-    const tls::shutdown_result first = c.s->shutdown(ec1);
-    const tls::shutdown_result second = c.s->shutdown(ec2);
-    c.s.reset();
+    const tls::shutdown_result first = c.stream->shutdown(ec1);
+    const tls::shutdown_result second = c.stream->shutdown(ec2);
+    c.stream.reset();
     const unsigned long left = ERR_peek_error();
     t.join();
 
     CHECK_FALSE(ec1);
     CHECK(ec2 == ec1);
-    CHECK(name(second) == name(first));
+    CHECK(to_string(second) == to_string(first));
     CHECK(left == 0);
     if constexpr (quiet) {
-        CHECK(name(first) == "quiet");
-        CHECK(name(how) == "unexpected_eof");
-        CHECK(received_alerts(c.peer) == 0);
+        CHECK(to_string(first) == "quiet");
+        CHECK(to_string(how) == "unexpected_eof");
+        CHECK(c.peer.received_alerts() == 0);
     } else {
-        CHECK(name(first) == (full ? "complete" : "sent"));
-        CHECK(name(how) == "close_notify");
+        CHECK(to_string(first) == (full ? "complete" : "sent"));
+        CHECK(to_string(how) == "close_notify");
         CHECK(c.peer.count_alerts(false, 0) == 1);
-        CHECK(received_alerts(c.peer) == 1);
+        CHECK(c.peer.received_alerts() == 1);
         INFO("bytes after our close_notify: " << after.bytes.size());
         CHECK(after.bytes.empty());
         CHECK(after.clean_eof);
@@ -501,29 +362,29 @@ TEST_CASE("after a timed-out full shutdown a second shutdown() returns at once w
     CAPTURE(version, tcp);
 
     connection<tls::full_shutdown> c(version, tcp);
-    c.s->set_shutdown_timeout(300ms);
+    c.stream->set_shutdown_timeout(300ms);
     ending how{};
-    raw_end after;
-    auto t = run_peer([&] {
+    support::raw_end after;
+    support::peer_thread t([&] {
         how = c.peer.read_to_end().second;
         // Silent from here on, but reading: the end of the transport must
         // be all that follows our close_notify.
-        after = read_raw_until_eof(c.peer.fd());
+        after = support::read_raw_until_eof(c.peer.fd());
     });
     std::error_code ec1;
     std::error_code ec2;
-    const tls::shutdown_result first = c.s->shutdown(ec1);
+    const tls::shutdown_result first = c.stream->shutdown(ec1);
     tls::shutdown_result second{};
-    const std::chrono::milliseconds elapsed = support::time_of([&] { second = c.s->shutdown(ec2); });
-    c.s.reset();
+    const std::chrono::milliseconds elapsed = support::time_of([&] { second = c.stream->shutdown(ec2); });
+    c.stream.reset();
     t.join();
 
     CHECK(ec1 == tls::errc::timeout);
-    CHECK(name(first) == "sent");
+    CHECK(to_string(first) == "sent");
     CHECK(ec2 == ec1);
-    CHECK(name(second) == name(first));
+    CHECK(to_string(second) == to_string(first));
     CHECK(elapsed < 100ms); // no second wait
-    CHECK(name(how) == "close_notify");
+    CHECK(to_string(how) == "close_notify");
     CHECK(c.peer.count_alerts(false, 0) == 1);
     INFO("bytes after our close_notify: " << after.bytes.size());
     CHECK(after.bytes.empty());
@@ -541,23 +402,23 @@ TEMPLATE_TEST_CASE("destroying an open stream runs its policy and leaves the err
 
     connection<TestType> c(version, tcp);
     ending how{};
-    auto t = run_peer([&] {
+    support::peer_thread t([&] {
         how = c.peer.read_to_end().second;
         if (TestType::mode == tls::close_mode::full && how == ending::close_notify)
             c.peer.shutdown();
     });
-    c.s.reset();
+    c.stream.reset();
     const unsigned long left = ERR_peek_error();
     t.join();
 
     CHECK(left == 0);
     if constexpr (TestType::mode == tls::close_mode::quiet) {
-        CHECK(name(how) == "unexpected_eof");
-        CHECK(received_alerts(c.peer) == 0);
+        CHECK(to_string(how) == "unexpected_eof");
+        CHECK(c.peer.received_alerts() == 0);
     } else {
-        CHECK(name(how) == "close_notify");
+        CHECK(to_string(how) == "close_notify");
         CHECK(c.peer.count_alerts(false, 0) == 1);
-        CHECK(received_alerts(c.peer) == 1);
+        CHECK(c.peer.received_alerts() == 1);
     }
 }
 
@@ -569,16 +430,16 @@ TEST_CASE("destroying an open full-policy stream swallows a truncated close and 
 
     connection<tls::full_shutdown> c(version, tcp);
     ending how{};
-    auto t = run_peer([&] {
+    support::peer_thread t([&] {
         how = c.peer.read_to_end().second;
         c.peer.close_socket(); // FIN instead of close_notify
     });
-    const std::chrono::milliseconds elapsed = support::time_of([&] { c.s.reset(); });
+    const std::chrono::milliseconds elapsed = support::time_of([&] { c.stream.reset(); });
     const unsigned long left = ERR_peek_error();
     t.join();
 
     CHECK(elapsed < 1000ms); // the truncation ends the wait, not the 3 s timeout
     CHECK(left == 0);
-    CHECK(name(how) == "close_notify");
+    CHECK(to_string(how) == "close_notify");
     CHECK(c.peer.count_alerts(false, 0) == 1);
 }

@@ -16,7 +16,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstddef>
@@ -25,7 +24,6 @@
 #include <span>
 #include <stdexcept>
 #include <string>
-#include <string_view>
 #include <system_error>
 #include <utility>
 
@@ -34,80 +32,17 @@ namespace {
 using namespace std::chrono_literals;
 using Catch::Matchers::ContainsSubstring;
 using support::bytes;
+using support::echo;
+using support::read_exactly;
 using support::text;
+using support::thrown_code;
 
 using fd_fast = tls::tls_stream<tls::fd_socket, tls::fast_shutdown>;
 using fd_full = tls::tls_stream<tls::fd_socket, tls::full_shutdown>;
 
-// Reads exactly `n` bytes from a raw peer ("" short if its stream ended).
-std::string peer_read_exactly(support::raw_peer& peer, std::size_t n)
-{
-    std::string got;
-    while (got.size() < n) {
-        support::ending how{};
-        const std::string chunk = peer.read_some(n - got.size(), how);
-        if (chunk.empty())
-            break;
-        got += chunk;
-    }
-    return got;
-}
-
-// Reads exactly `n` bytes from a stream (short if it returned 0).
-template <class Stream>
-std::string read_exactly(Stream& s, std::size_t n)
-{
-    std::string got;
-    std::byte buf[256];
-    while (got.size() < n) {
-        const std::size_t k = s.read_some(std::span<std::byte>(buf).first(std::min(sizeof buf, n - got.size())));
-        if (k == 0)
-            break;
-        got += text(std::span<const std::byte>(buf, k));
-    }
-    return got;
-}
-
-// Sends `msg` through `s` to `peer`, which sends it back; returns what came back.
-template <class Stream>
-std::string echo(Stream& s, support::raw_peer& peer, std::string_view msg)
-{
-    s.write_all(bytes(msg));
-    const std::string at_peer = peer_read_exactly(peer, msg.size());
-    if (at_peer != msg)
-        return "peer received: " + at_peer;
-    peer.write(at_peer);
-    return read_exactly(s, msg.size());
-}
-
-// A client tls_stream (fd_socket, `Policy`) connected to a raw OpenSSL server.
+// A client tls_stream over a borrowed fd_socket, connected to a raw OpenSSL server.
 template <class Policy = tls::fast_shutdown>
-struct session {
-    support::socket_pair pair;
-    support::raw_peer peer;
-    std::optional<tls::tls_stream<tls::fd_socket, Policy>> stream;
-
-    explicit session(int version = 0, bool tcp = true)
-        : pair(support::make_pair(tcp)), peer(support::server_context(version), std::move(pair.b))
-    {
-        stream.emplace(support::client_context(version), tls::fd_socket{pair.a.native_handle()});
-        stream->set_io_timeout(5s); // a bug must not hang the test
-        support::peer_thread t([this] { peer.accept(); });
-        stream->connect("localhost");
-        t.join();
-    }
-};
-
-template <class F>
-std::error_code thrown_code(F&& f)
-{
-    try {
-        f();
-    } catch (const std::system_error& e) {
-        return e.code();
-    }
-    return {};
-}
+using session = support::session<tls::tls_stream<tls::fd_socket, Policy>>;
 
 // What a client handshake against a raw server peer (server_context(),
 // certificate for localhost / 127.0.0.1 / ::1) produced.
@@ -358,9 +293,9 @@ TEST_CASE("a transport that ends without close_notify is stream_truncated, never
     // The peer sends some data, then ends the TCP connection (FIN or RST)
     // without any alert once we told it we have read that data.
     support::peer_thread peer([&] {
-        support::ensure(peer_read_exactly(s.peer, 2) == "go", "peer: no go");
+        support::ensure(s.peer.read_exactly(2) == "go", "peer: no go");
         s.peer.write("partial");
-        support::ensure(peer_read_exactly(s.peer, 3) == "end", "peer: no end");
+        support::ensure(s.peer.read_exactly(3) == "end", "peer: no end");
         if (reset)
             support::arm_reset(s.peer.fd());
         s.peer.drop();
@@ -429,11 +364,7 @@ TEST_CASE("after truncation the destructor of a stream puts nothing on the wire"
         // OpenSSL itself answers the unexpected EOF with a fatal alert
         // (decode_error) from inside SSL_read: not the destructor's doing,
         // so take it off the wire first.
-        char c[256];
-        ssize_t k;
-        std::size_t before = 0;
-        while ((k = ::recv(peer.fd(), c, sizeof c, MSG_DONTWAIT)) > 0)
-            before += static_cast<std::size_t>(k);
+        const std::size_t before = support::read_raw_available(peer.fd()).size();
         stream.reset();
         return before;
     };
@@ -550,7 +481,7 @@ TEST_CASE("a stale entry on the OpenSSL error queue does not change the outcome 
 
     support::peer_thread t([&] {
         peer.accept();
-        support::ensure(peer_read_exactly(peer, 4) == "ping", "peer: no ping");
+        support::ensure(peer.read_exactly(4) == "ping", "peer: no ping");
         peer.write("pong");
         const auto [rest, how] = peer.read_to_end();
         support::ensure(rest == "tail", "peer: got '" + rest + "'");

@@ -19,7 +19,6 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
-#include <future>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -31,6 +30,10 @@ namespace {
 
 using namespace std::chrono_literals;
 using support::ending;
+using support::gate;
+using support::read_exactly;
+using support::record_types;
+using support::thrown_code;
 
 constexpr std::size_t KiB = 1024;
 constexpr std::size_t MiB = 1024 * KiB;
@@ -66,20 +69,6 @@ std::string difference(const std::string& got, const std::string& expected)
            + "; first difference at offset " + std::to_string(i);
 }
 
-// Reads exactly `n` bytes from a tls_stream; a clean end before that throws.
-template <class Stream>
-std::string read_exactly(Stream& s, std::size_t n)
-{
-    std::string out(n, '\0');
-    std::size_t have = 0;
-    while (have < n) {
-        const std::size_t k = s.read_some(std::as_writable_bytes(std::span(out.data() + have, n - have)));
-        support::ensure(k != 0, "close_notify after " + std::to_string(have) + " of " + std::to_string(n) + " bytes");
-        have += k;
-    }
-    return out;
-}
-
 // Reads from a tls_stream until read_some returns 0 (the peer's close_notify).
 template <class Stream>
 std::string read_to_close_notify(Stream& s)
@@ -92,20 +81,6 @@ std::string read_to_close_notify(Stream& s)
             return out;
         out.append(buf.data(), k);
     }
-}
-
-// Reads exactly `n` bytes through a raw peer.
-std::string peer_read_exactly(support::raw_peer& peer, std::size_t n)
-{
-    std::string out;
-    while (out.size() < n) {
-        ending how{};
-        const std::string chunk = peer.read_some(n - out.size(), how);
-        support::ensure(!chunk.empty(), std::string("raw peer: stream ended (") + support::to_string(how) + ") after "
-                                            + std::to_string(out.size()) + " of " + std::to_string(n) + " bytes");
-        out += chunk;
-    }
-    return out;
 }
 
 // Plain (non-TLS) socket I/O.
@@ -134,17 +109,9 @@ void send_in_one_call(int fd, std::string_view data)
 // (SO_RCVTIMEO) or error throws, so a missing EOF cannot pass unnoticed.
 std::string recv_to_eof(int fd)
 {
-    std::string out;
-    char buf[4096];
-    for (;;) {
-        const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        support::ensure(n >= 0, std::string("recv: ") + std::strerror(errno));
-        if (n == 0)
-            return out;
-        out.append(buf, static_cast<std::size_t>(n));
-    }
+    support::raw_end r = support::read_raw_until_eof(fd);
+    support::ensure(r.clean_eof, std::string("recv: ") + std::strerror(r.error));
+    return std::move(r.bytes);
 }
 
 bool fd_is_open(int fd) { return ::fcntl(fd, F_GETFD) != -1; }
@@ -178,21 +145,6 @@ std::chrono::nanoseconds thread_cpu_time()
     return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
 }
 
-// A one-shot signal from one thread to another, with a bounded wait.
-class gate {
-public:
-    void open() { promise_.set_value(); }
-    void wait() const { support::ensure(wait_for(10s), "gate: not opened within 10 s"); }
-    bool wait_for(std::chrono::milliseconds limit) const
-    {
-        return future_.wait_for(limit) == std::future_status::ready;
-    }
-
-private:
-    std::promise<void> promise_;
-    std::shared_future<void> future_ = promise_.get_future().share();
-};
-
 // `n` threads meet here; a missing one makes the others throw after 10 s.
 class rendezvous {
 public:
@@ -212,18 +164,6 @@ private:
     std::condition_variable cv_;
     int left_;
 };
-
-// The error code a throwing call throws ({} if it does not throw).
-template <class F>
-std::error_code thrown_code(F&& f)
-{
-    try {
-        f();
-    } catch (const std::system_error& e) {
-        return e.code();
-    }
-    return {};
-}
 
 // --------------------------------------------------------------- two tls_streams
 
@@ -271,7 +211,7 @@ exchange_outcome run_exchange(bool tcp, int version, bool nonblocking, std::chro
     support::peer_thread peer_side([&, sock = std::move(pair.b)]() mutable {
         support::raw_peer peer(server_ctx, std::move(sock));
         peer.accept();
-        peer_got = peer_read_exactly(peer, up.size());
+        peer_got = peer.read_exactly(up.size());
         peer.write(down);
         auto [rest, how] = peer.read_to_end();
         support::ensure(rest.empty(), "raw peer: unexpected data before close_notify");
@@ -362,13 +302,8 @@ endtls_outcome run_endtls(bool tcp, int version, our_close how, plaintext_arrive
     });
 
     {
-        auto make_socket = [&] {
-            if constexpr (std::is_same_v<Socket, tls::unique_socket>)
-                return std::move(pair.a);
-            else
-                return tls::fd_socket{fd};
-        };
-        tls::tls_stream<Socket, tls::full_shutdown> s(support::client_context(version), make_socket());
+        tls::tls_stream<Socket, tls::full_shutdown> s(support::client_context(version),
+                                                      support::socket_over<Socket>(pair.a));
         s.set_io_timeout(5s);
         s.connect();
         s.write_all(support::bytes("request"));
@@ -411,27 +346,6 @@ void check_endtls(const endtls_outcome& out, our_close how)
     CHECK(out.same_fd);
     CHECK(out.fd_open_after_release);
     CHECK(out.peer_received_clear == "CLEAR REPLY");
-}
-
-// --------------------------------------------------------------- TLS records on the wire
-
-// The content types of the TLS records in `wire`; nullopt if it is not a
-// whole number of records.
-std::optional<std::vector<int>> record_types(const std::string& wire)
-{
-    std::vector<int> types;
-    std::size_t at = 0;
-    while (at < wire.size()) {
-        if (wire.size() - at < 5)
-            return std::nullopt;
-        const auto* p = reinterpret_cast<const unsigned char*>(wire.data() + at);
-        const std::size_t len = (std::size_t{p[3]} << 8) | p[4];
-        if (wire.size() - at - 5 < len)
-            return std::nullopt;
-        types.push_back(p[0]);
-        at += 5 + len;
-    }
-    return types;
 }
 
 } // namespace

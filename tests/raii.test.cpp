@@ -14,16 +14,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstddef>
 #include <filesystem>
 #include <optional>
-#include <span>
 #include <stdexcept>
 #include <string>
-#include <string_view>
 #include <system_error>
 #include <tuple>
 #include <type_traits>
@@ -34,7 +31,11 @@ namespace {
 using namespace std::chrono_literals;
 using Catch::Matchers::ContainsSubstring;
 using support::bytes;
-using support::text;
+using support::echo;
+using support::handshake;
+using support::session;
+using support::socket_over;
+using support::thrown_code;
 
 using fd_fast = tls::tls_stream<tls::fd_socket, tls::fast_shutdown>;
 using fd_quiet = tls::tls_stream<tls::fd_socket, tls::quiet_shutdown>;
@@ -42,95 +43,6 @@ using fd_full = tls::tls_stream<tls::fd_socket, tls::full_shutdown>;
 using uq_fast = tls::tls_stream<tls::unique_socket, tls::fast_shutdown>;
 using uq_quiet = tls::tls_stream<tls::unique_socket, tls::quiet_shutdown>;
 using uq_full = tls::tls_stream<tls::unique_socket, tls::full_shutdown>;
-
-// The socket a stream of type S uses over `end`: ownership moves into a
-// unique_socket; an fd_socket only borrows the descriptor.
-template <class S>
-S socket_over(tls::unique_socket& end)
-{
-    if constexpr (std::is_same_v<S, tls::unique_socket>)
-        return std::move(end);
-    else
-        return tls::fd_socket{end.native_handle()};
-}
-
-// Client handshake of `s` (hostname "localhost") against `peer` (server) on a thread.
-template <class Stream>
-void handshake(Stream& s, support::raw_peer& peer)
-{
-    s.set_io_timeout(5s); // a bug must not hang the test
-    support::peer_thread t([&peer] { peer.accept(); });
-    s.connect("localhost");
-    t.join();
-}
-
-// Reads exactly `n` bytes from a raw peer ("" short if its stream ended).
-std::string peer_read_exactly(support::raw_peer& peer, std::size_t n)
-{
-    std::string got;
-    while (got.size() < n) {
-        support::ending how{};
-        const std::string chunk = peer.read_some(n - got.size(), how);
-        if (chunk.empty())
-            break;
-        got += chunk;
-    }
-    return got;
-}
-
-// Reads exactly `n` bytes from a stream (short if it returned 0).
-template <class Stream>
-std::string read_exactly(Stream& s, std::size_t n)
-{
-    std::string got;
-    std::byte buf[256];
-    while (got.size() < n) {
-        const std::size_t k = s.read_some(std::span<std::byte>(buf).first(std::min(sizeof buf, n - got.size())));
-        if (k == 0)
-            break;
-        got += text(std::span<const std::byte>(buf, k));
-    }
-    return got;
-}
-
-// Sends `msg` through `s` to `peer`, which sends it back; returns what `s`
-// read back ("" plus whatever arrived if either direction is broken).
-template <class Stream>
-std::string echo(Stream& s, support::raw_peer& peer, std::string_view msg)
-{
-    s.write_all(bytes(msg));
-    const std::string at_peer = peer_read_exactly(peer, msg.size());
-    if (at_peer != msg)
-        return "peer received: " + at_peer;
-    peer.write(at_peer);
-    return read_exactly(s, msg.size());
-}
-
-// A client tls_stream connected over loopback TCP to a raw OpenSSL server.
-// `stream` is optional so that tests can destroy it at a chosen moment.
-template <class Stream = fd_fast>
-struct session {
-    support::socket_pair pair = support::tcp_pair();
-    support::raw_peer peer{support::server_context(), std::move(pair.b)};
-    std::optional<Stream> stream;
-
-    session()
-    {
-        stream.emplace(support::client_context(), socket_over<typename Stream::socket_type>(pair.a));
-        handshake(*stream, peer);
-    }
-};
-
-template <class F>
-std::error_code thrown_code(F&& f)
-{
-    try {
-        f();
-    } catch (const std::system_error& e) {
-        return e.code();
-    }
-    return {};
-}
 
 // AF_UNIX: whether the other end of `fd`'s pair was closed (recv sees EOF at
 // once); false while it is open and silent.
@@ -345,7 +257,7 @@ TEST_CASE("a moved-from tls_stream's destructor puts nothing on the wire", "[rai
     // Had the moved-from destructor sent close_notify, the peer would read
     // the end of the stream here instead of the data.
     target->write_all(bytes("after the move"));
-    CHECK(peer_read_exactly(s.peer, 14) == "after the move");
+    CHECK(s.peer.read_exactly(14) == "after the move");
     CHECK(s.peer.alerts().empty());
 }
 

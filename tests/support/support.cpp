@@ -2,6 +2,11 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -120,7 +125,7 @@ std::span<const std::byte> bytes(std::string_view s) { return std::as_bytes(std:
 
 std::string text(std::span<const std::byte> b) { return {reinterpret_cast<const char*>(b.data()), b.size()}; }
 
-const char* to_string(ending e)
+std::string to_string(ending e)
 {
     switch (e) {
     case ending::close_notify: return "close_notify";
@@ -128,6 +133,17 @@ const char* to_string(ending e)
     case ending::reset: return "reset";
     case ending::timeout: return "timeout";
     case ending::error: return "error";
+    }
+    return "?";
+}
+
+std::string to_string(tls::shutdown_result r)
+{
+    switch (r) {
+    case tls::shutdown_result::none: return "none";
+    case tls::shutdown_result::quiet: return "quiet";
+    case tls::shutdown_result::sent: return "sent";
+    case tls::shutdown_result::complete: return "complete";
     }
     return "?";
 }
@@ -209,6 +225,19 @@ std::pair<std::string, ending> raw_peer::read_to_end()
     }
 }
 
+std::string raw_peer::read_exactly(std::size_t n)
+{
+    std::string out;
+    while (out.size() < n) {
+        ending how{};
+        const std::string chunk = read_some(n - out.size(), how);
+        ensure(!chunk.empty(), "raw peer: stream ended (" + to_string(how) + ") after " + std::to_string(out.size())
+                                   + " of " + std::to_string(n) + " bytes");
+        out += chunk;
+    }
+    return out;
+}
+
 void raw_peer::write(std::string_view data)
 {
     ERR_clear_error();
@@ -240,6 +269,15 @@ int raw_peer::count_alerts(bool sent, int description) const
     return n;
 }
 
+int raw_peer::received_alerts() const
+{
+    std::lock_guard lock(mutex_);
+    int n = 0;
+    for (const alert& a : alerts_)
+        n += a.sent ? 0 : 1;
+    return n;
+}
+
 void raw_peer::on_message(int write_p, int /*version*/, int content_type, const void* buf, std::size_t len,
                           SSL* /*ssl*/, void* arg)
 {
@@ -251,9 +289,12 @@ void raw_peer::on_message(int write_p, int /*version*/, int content_type, const 
     self->alerts_.push_back({write_p != 0, p[0], p[1]});
 }
 
-} // namespace support
-
-namespace support {
+void peer_thread::block_sigpipe()
+{
+    sigset_t set;
+    ensure(sigemptyset(&set) == 0 && sigaddset(&set, SIGPIPE) == 0, "sigaddset");
+    ensure(pthread_sigmask(SIG_BLOCK, &set, nullptr) == 0, "pthread_sigmask");
+}
 
 peer_thread::~peer_thread()
 {
@@ -267,6 +308,68 @@ void peer_thread::join()
         thread_.join();
     if (error_)
         std::rethrow_exception(std::exchange(error_, nullptr));
+}
+
+void gate::open()
+{
+    std::call_once(once_, [this] { promise_.set_value(); });
+}
+
+bool gate::wait_for(std::chrono::milliseconds limit) const
+{
+    return future_.wait_for(limit) == std::future_status::ready;
+}
+
+void gate::wait() const { ensure(wait_for(10s), "gate: not opened within 10 s"); }
+
+std::string read_raw_available(int fd)
+{
+    std::string out;
+    char buf[4096];
+    for (;;) {
+        const ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0)
+            out.append(buf, static_cast<std::size_t>(n));
+        else if (n < 0 && errno == EINTR)
+            continue;
+        else
+            return out;
+    }
+}
+
+raw_end read_raw_until_eof(int fd)
+{
+    raw_end r;
+    char buf[4096];
+    for (;;) {
+        const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+        if (n > 0) {
+            r.bytes.append(buf, static_cast<std::size_t>(n));
+        } else if (n == 0) {
+            r.clean_eof = true;
+            return r;
+        } else if (errno != EINTR) {
+            r.error = errno;
+            return r;
+        }
+    }
+}
+
+std::optional<std::vector<int>> record_types(std::string_view wire)
+{
+    std::vector<int> types;
+    std::size_t at = 0;
+    while (at < wire.size()) {
+        if (wire.size() - at < 5)
+            return std::nullopt;
+        const auto* p = reinterpret_cast<const unsigned char*>(wire.data() + at);
+        const std::size_t len = (std::size_t{p[3]} << 8) | p[4];
+        if (wire.size() - at - 5 < len)
+            return std::nullopt;
+        types.push_back(p[0]);
+        at += 5 + len;
+    }
+    return types;
 }
 
 } // namespace support
