@@ -485,7 +485,7 @@ template <class P>
 concept shutdown_policy = requires {
     { P::mode } -> std::convertible_to<close_mode>;
     { P::timeout } -> std::convertible_to<std::chrono::milliseconds>;
-};
+} && (std::chrono::milliseconds(P::timeout).count() >= 0);
 
 /// What `shutdown()` achieved on the wire.
 enum class shutdown_result {
