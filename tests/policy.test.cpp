@@ -15,6 +15,7 @@
 #include <string>
 #include <system_error>
 #include <tuple>
+#include <type_traits>
 
 namespace {
 
@@ -92,6 +93,36 @@ silent_close close_against_silent_peer(int version, bool tcp, closed_by how, std
 }
 
 } // namespace
+
+// ---------------------------------------------------------------- policy types
+
+namespace {
+struct never_waits : tls::full_shutdown {
+    static constexpr std::chrono::milliseconds timeout{0};
+};
+struct negative_timeout : tls::full_shutdown {
+    static constexpr std::chrono::milliseconds timeout{-1};
+};
+struct no_mode {
+    [[maybe_unused]] static constexpr std::chrono::milliseconds timeout{100};
+};
+} // namespace
+
+TEST_CASE("a policy is a type with a mode and a non-negative timeout that a derived type can override", "[policy]")
+{
+    STATIC_REQUIRE(tls::shutdown_policy<tls::fast_shutdown>);
+    STATIC_REQUIRE(tls::shutdown_policy<tls::quiet_shutdown>);
+    STATIC_REQUIRE(tls::shutdown_policy<tls::full_shutdown>);
+    STATIC_REQUIRE(tls::fast_shutdown::timeout == std::chrono::seconds(1));
+    STATIC_REQUIRE(tls::quiet_shutdown::timeout == std::chrono::milliseconds(0));
+    STATIC_REQUIRE(tls::full_shutdown::timeout == std::chrono::seconds(3));
+    STATIC_REQUIRE(brief_full::timeout == std::chrono::milliseconds(300));
+    STATIC_REQUIRE(brief_full::mode == tls::close_mode::full);
+    STATIC_REQUIRE(tls::shutdown_policy<never_waits>);
+    STATIC_REQUIRE_FALSE(tls::shutdown_policy<negative_timeout>);
+    STATIC_REQUIRE_FALSE(tls::shutdown_policy<no_mode>);
+    STATIC_REQUIRE(std::is_same_v<tls::tls_stream<tls::fd_socket>::policy_type, tls::full_shutdown>);
+}
 
 // ---------------------------------------------------------------- wire outcome of each policy
 
