@@ -29,8 +29,8 @@ have_all() {
     done
     # The versions matter too: Debian 12's own meson (0.63) and catch2 (2.x) are too old.
     dpkg --compare-versions "$(meson --version 2>/dev/null || echo 0)" ge 1.0 &&
-        pkg-config --atleast-version=3 catch2-with-main &&
-        pkg-config --atleast-version=3.0 openssl
+        pkg-config --atleast-version=3 catch2-with-main 2>/dev/null &&
+        pkg-config --atleast-version=3.0 openssl 2>/dev/null
 }
 
 if have_all; then
