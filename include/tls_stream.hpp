@@ -652,8 +652,8 @@ public:
         if (s == op_status::eof)
             got_cn_ = true;
         else if (s == op_status::failed)
-            return fail_unless_timeout(ec);
-        return n;
+            fail_unless_timeout(ec);
+        return s == op_status::done ? n : 0;
     }
 
     /// Writes some of `buf` (at most one record), waiting if needed.
@@ -943,11 +943,12 @@ private:
         ec = cause;
     }
 
-    std::size_t fail_unless_timeout(std::error_code& ec) noexcept
+    // A read that timed out left OpenSSL in a retryable state; anything
+    // else a read reports is fatal.
+    void fail_unless_timeout(std::error_code& ec) noexcept
     {
         if (ec != errc::timeout)
             fail(ec, ec);
-        return 0;
     }
 
     // Puts our close_notify on the wire (flushing it fully). Only ever
@@ -1013,11 +1014,8 @@ private:
             const op_status s = drive([&] { return SSL_read_ex(ssl, scratch, sizeof scratch, &n); }, until, ec);
             if (s == op_status::eof)
                 got_cn_ = true;
-            else if (s == op_status::failed) {
-                if (ec != errc::timeout)
-                    fail(ec, ec);
-                return;
-            }
+            else if (s == op_status::failed)
+                return fail_unless_timeout(ec);
         }
     }
 
