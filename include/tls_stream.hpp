@@ -14,6 +14,10 @@
 
 #include <arpa/inet.h>
 #include <poll.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -228,6 +232,23 @@ public:
         ERR_clear_error();
         if (SSL_CTX_load_verify_locations(ctx_.get(), path.c_str(), nullptr) != 1)
             ec = detail::take_openssl_error();
+    }
+
+    /// Opt-in for peers known to end connections without close_notify:
+    /// streams made from this context read such an ending as a clean EOF
+    /// (`read_some` returns 0) instead of `errc::stream_truncated`. Off by
+    /// default; the same switch as `SSL_OP_IGNORE_UNEXPECTED_EOF`. A stream
+    /// can override it with `tls_stream::set_accept_missing_close_notify`.
+    void set_accept_missing_close_notify(bool accept = true) noexcept
+    {
+        if (accept)
+            SSL_CTX_set_options(ctx_.get(), SSL_OP_IGNORE_UNEXPECTED_EOF);
+        else
+            SSL_CTX_clear_options(ctx_.get(), SSL_OP_IGNORE_UNEXPECTED_EOF);
+    }
+    bool accepts_missing_close_notify() const noexcept
+    {
+        return ctx_ && (SSL_CTX_get_options(ctx_.get()) & SSL_OP_IGNORE_UNEXPECTED_EOF) != 0;
     }
 
     SSL_CTX* native_handle() const noexcept { return ctx_.get(); }
@@ -532,6 +553,7 @@ public:
     tls_stream(tls_stream&& other) noexcept
         : sock_(std::move(other.sock_)), ssl_(std::move(other.ssl_)), t_(std::exchange(other.t_, nullptr)),
           phase_(std::exchange(other.phase_, phase::empty)), sent_cn_(other.sent_cn_), got_cn_(other.got_cn_),
+          peer_ended_(other.peer_ended_),
           io_timeout_(other.io_timeout_), shutdown_timeout_(other.shutdown_timeout_), error_(other.error_),
           result_(other.result_)
     {
@@ -549,6 +571,7 @@ public:
             phase_ = std::exchange(other.phase_, phase::empty);
             sent_cn_ = other.sent_cn_;
             got_cn_ = other.got_cn_;
+            peer_ended_ = other.peer_ended_;
             io_timeout_ = other.io_timeout_;
             shutdown_timeout_ = other.shutdown_timeout_;
             error_ = other.error_;
@@ -628,7 +651,9 @@ public:
 
     /// Reads at least one byte into `buf`, waiting if needed. Returns 0 only
     /// when the peer's close_notify arrived (or `buf` is empty); a transport
-    /// that ends without it fails with `errc::stream_truncated`.
+    /// that ends without it fails with `errc::stream_truncated`, unless
+    /// missing close_notify is accepted (see
+    /// `set_accept_missing_close_notify`), when it too reads as 0.
     /// @note Calls SSL_read_ex.
     std::size_t read_some(std::span<std::byte> buf)
     {
@@ -644,13 +669,13 @@ public:
             ec = unusable_error();
             return 0;
         }
-        if (buf.empty() || got_cn_)
+        if (buf.empty() || got_cn_ || peer_ended_)
             return 0;
         std::size_t n = 0;
         SSL* ssl = ssl_.get();
         const op_status s = drive([&] { return SSL_read_ex(ssl, buf.data(), buf.size(), &n); }, io_deadline(), ec);
         if (s == op_status::eof)
-            got_cn_ = true;
+            note_end_of_data();
         else if (s == op_status::failed)
             fail_unless_timeout(ec);
         return s == op_status::done ? n : 0;
@@ -764,6 +789,26 @@ public:
         io_timeout_ = timeout;
     }
     std::chrono::milliseconds io_timeout() const noexcept { return io_timeout_; }
+
+    /// Per-stream opt-in (overriding the context's): read a transport that
+    /// ends without the peer's close_notify as a clean EOF instead of
+    /// `errc::stream_truncated`. Off by default. Such an ending is never
+    /// a completed close: `release_socket()` still refuses, and a later
+    /// close puts nothing on the wire (the peer is gone) and reports
+    /// `shutdown_result::none` without an error.
+    void set_accept_missing_close_notify(bool accept = true) noexcept
+    {
+        if (!ssl_)
+            return;
+        if (accept)
+            SSL_set_options(ssl_.get(), SSL_OP_IGNORE_UNEXPECTED_EOF);
+        else
+            SSL_clear_options(ssl_.get(), SSL_OP_IGNORE_UNEXPECTED_EOF);
+    }
+    bool accepts_missing_close_notify() const noexcept
+    {
+        return ssl_ && (SSL_get_options(ssl_.get()) & SSL_OP_IGNORE_UNEXPECTED_EOF) != 0;
+    }
 
     // -- access
 
@@ -971,19 +1016,24 @@ private:
             return;
         }
         sent_cn_ = true;
-        if (r == 1)
+        if (r == 1 && !t_->eof) // 1 also follows an accepted missing close_notify
             got_cn_ = true;
+        push_unsent();
     }
 
     shutdown_result run_policy(std::error_code& ec)
     {
         const auto started = detail::steady::now();
         const detail::deadline until = started + shutdown_timeout_;
+        if (peer_ended_ && !sent_cn_) { // an accepted missing close_notify: nobody to tell
+            close_quietly();
+            return shutdown_result::none;
+        }
         if constexpr (Policy::mode == close_mode::quiet) {
+            consume_arrived();
             if (sent_cn_) // close_write() already put ours out
                 return got_cn_ ? shutdown_result::complete : shutdown_result::sent;
-            SSL_set_quiet_shutdown(ssl_.get(), 1);
-            SSL_shutdown(ssl_.get()); // sets both flags, writes nothing
+            close_quietly();
             return shutdown_result::quiet;
         } else {
             if (!sent_cn_) {
@@ -991,14 +1041,85 @@ private:
                 if (ec)
                     return shutdown_result::none;
             }
-            if (got_cn_)
-                return shutdown_result::complete;
-            if constexpr (Policy::mode == close_mode::full) {
+            if constexpr (Policy::mode == close_mode::full)
                 drain_until_close_notify(until, ec);
-                return got_cn_ ? shutdown_result::complete : shutdown_result::sent;
-            }
-            return shutdown_result::sent;
+            else
+                consume_arrived();
+            return got_cn_ ? shutdown_result::complete : shutdown_result::sent;
         }
+    }
+
+    // Sets both shutdown flags without writing anything (SSL_shutdown in
+    // quiet mode), so that SSL_free keeps the session resumable.
+    void close_quietly() noexcept
+    {
+        SSL_set_quiet_shutdown(ssl_.get(), 1);
+        SSL_shutdown(ssl_.get());
+    }
+
+    // SSL_read reported the end of the peer's data: its close_notify, or,
+    // when missing close_notify is accepted, a transport that ended without
+    // one. The transport only sees its end when OpenSSL wanted more bytes,
+    // which it never does after a complete close_notify record.
+    void note_end_of_data() noexcept
+    {
+        if (t_->eof)
+            peer_ended_ = true;
+        else
+            got_cn_ = true;
+    }
+
+    // Linux answers close() on a TCP socket that still holds unread data
+    // with a reset, which throws away whatever we had not sent yet. Two
+    // steps make the close that follows ours (by the application, or by an
+    // owning socket) a plain FIN, without waiting for anything:
+
+    // 1. What we wrote leaves now: a small record (our close_notify) held
+    //    back by Nagle's algorithm is pushed out by switching TCP_NODELAY on
+    //    for a moment. Costs one ioctl when nothing is held back; a no-op on
+    //    sockets that are not TCP.
+    void push_unsent() noexcept
+    {
+        const int fd = t_->fd;
+        int unsent = 0;
+        if (::ioctl(fd, SIOCOUTQNSD, &unsent) != 0 || unsent <= 0)
+            return;
+        int nodelay = 0;
+        socklen_t len = sizeof nodelay;
+        if (::getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, &len) != 0 || nodelay != 0)
+            return;
+        const int on = 1;
+        if (::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on) == 0)
+            ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, sizeof nodelay);
+    }
+
+    // 2. What has already arrived is consumed, without waiting for more:
+    //    TLS 1.3 session tickets are processed (so the session can be
+    //    resumed), application data is discarded, the peer's close_notify
+    //    is noted. A transport that ended here is not an error worth an
+    //    alert, so OpenSSL is told to accept it for the duration.
+    void consume_arrived() noexcept
+    {
+        SSL* ssl = ssl_.get();
+        const bool accepting = (SSL_get_options(ssl) & SSL_OP_IGNORE_UNEXPECTED_EOF) != 0;
+        if (!accepting)
+            SSL_set_options(ssl, SSL_OP_IGNORE_UNEXPECTED_EOF);
+        t_->may_block = false;
+        std::byte scratch[16 * 1024];
+        // Bounded, so a peer that never stops sending cannot hold us here.
+        for (int records = 0; records < 64 && !got_cn_ && !peer_ended_; ++records) {
+            ERR_clear_error();
+            std::size_t n = 0;
+            const int r = SSL_read_ex(ssl, scratch, sizeof scratch, &n);
+            if (r > 0)
+                continue;
+            if (SSL_get_error(ssl, r) == SSL_ERROR_ZERO_RETURN)
+                note_end_of_data();
+            break; // nothing more has arrived, or an error: stop either way
+        }
+        if (!accepting)
+            SSL_clear_options(ssl, SSL_OP_IGNORE_UNEXPECTED_EOF);
+        ERR_clear_error();
     }
 
     // Reads and discards application data until the peer's close_notify.
@@ -1013,9 +1134,11 @@ private:
             std::size_t n = 0;
             const op_status s = drive([&] { return SSL_read_ex(ssl, scratch, sizeof scratch, &n); }, until, ec);
             if (s == op_status::eof)
-                got_cn_ = true;
+                note_end_of_data();
             else if (s == op_status::failed)
                 return fail_unless_timeout(ec);
+            if (peer_ended_) // accepted in place of its close_notify
+                return;
         }
     }
 
@@ -1057,6 +1180,7 @@ private:
     phase phase_ = phase::fresh;
     bool sent_cn_ = false; // our close_notify is on the wire
     bool got_cn_ = false;  // the peer's close_notify was received
+    bool peer_ended_ = false; // the transport ended without it, and that was accepted
     std::chrono::milliseconds io_timeout_{0};
     std::chrono::milliseconds shutdown_timeout_{Policy::timeout};
     std::error_code error_;  // the fatal error (failed) or the close's outcome (finished)
