@@ -757,6 +757,7 @@ public:
         switch (phase_) {
         case phase::open: break;
         case phase::finished: ec = error_; return result_;
+        case phase::failed: ec = error_; return result_; // none, unless a close failed
         default: ec = unusable_error(); return shutdown_result::none;
         }
         result_ = run_policy(ec);

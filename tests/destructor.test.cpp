@@ -106,7 +106,7 @@ TEMPLATE_TEST_CASE("destroying a moved-from stream does nothing and the moved-to
 
 // ---------------------------------------------------------------- handshake never completed
 
-TEMPLATE_TEST_CASE("destroying a stream that never ran its handshake puts no byte on the wire", "[destructor]",
+TEMPLATE_TEST_CASE("destroying a stream that never ran its handshake puts no byte on the wire", "[scenario-12][destructor]",
                    tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
@@ -130,7 +130,7 @@ TEMPLATE_TEST_CASE("destroying a stream that never ran its handshake puts no byt
 }
 
 TEMPLATE_TEST_CASE("destroying a stream whose handshake failed sends no close_notify and leaves the error queue empty",
-                   "[destructor]", tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
+                   "[scenario-12][destructor]", tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     const bool tcp = GENERATE(true, false);
@@ -176,7 +176,7 @@ TEMPLATE_TEST_CASE("destroying a stream whose handshake failed sends no close_no
     CHECK(left == 0); // no "shutdown while in init"
 }
 
-TEMPLATE_TEST_CASE("destroying a stream whose handshake timed out puts nothing more on the wire", "[destructor]",
+TEMPLATE_TEST_CASE("destroying a stream whose handshake timed out puts nothing more on the wire", "[scenario-12][destructor]",
                    tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
@@ -207,7 +207,7 @@ TEMPLATE_TEST_CASE("destroying a stream whose handshake timed out puts nothing m
 
 // ---------------------------------------------------------------- a fatal error was seen
 
-TEMPLATE_TEST_CASE("destroying a stream that saw a fatal error puts nothing more on the wire", "[destructor]",
+TEMPLATE_TEST_CASE("destroying a stream that saw a fatal error puts nothing more on the wire", "[scenario-13][destructor]",
                    tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
@@ -345,7 +345,7 @@ TEMPLATE_TEST_CASE("destroying a stream after shutdown() only frees it", "[destr
 }
 
 TEST_CASE("after a timed-out full shutdown a second shutdown() returns at once with the same outcome",
-          "[destructor]")
+          "[scenario-18][destructor]")
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     const bool tcp = GENERATE(true, false);
@@ -405,7 +405,7 @@ TEMPLATE_TEST_CASE("destroying an open stream runs its policy and leaves the err
     support::check_peer_saw_closure(TestType::mode, how, c.peer);
 }
 
-TEST_CASE("destroying an open full-policy stream swallows a truncated close and returns promptly", "[destructor]")
+TEST_CASE("destroying an open full-policy stream swallows a truncated close and returns promptly", "[scenario-7][destructor]")
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     const bool tcp = GENERATE(true, false);

@@ -282,7 +282,7 @@ TEST_CASE("connect() without a host skips the hostname check and SNI but still v
 
 // ---------------------------------------------------------------- truncation
 
-TEST_CASE("a transport that ends without close_notify is stream_truncated, never EOF, and stays failed", "[errors]")
+TEST_CASE("a transport that ends without close_notify is stream_truncated, never EOF, and stays failed", "[scenario-5][errors]")
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     const bool reset = GENERATE(false, true);
@@ -336,7 +336,7 @@ TEST_CASE("a transport that ends without close_notify is stream_truncated, never
     CHECK(ERR_peek_error() == 0);
 }
 
-TEST_CASE("after truncation the destructor of a stream puts nothing on the wire", "[errors]")
+TEST_CASE("after truncation the destructor of a stream puts nothing on the wire", "[scenario-5][errors]")
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     const bool full = GENERATE(false, true);
@@ -379,7 +379,7 @@ TEST_CASE("after truncation the destructor of a stream puts nothing on the wire"
 
 // ---------------------------------------------------------------- dead peer, SIGPIPE
 
-TEST_CASE("writing to a peer that is gone returns EPIPE or ECONNRESET and never raises SIGPIPE", "[errors]")
+TEST_CASE("writing to a peer that is gone returns EPIPE or ECONNRESET and never raises SIGPIPE", "[scenario-14][errors]")
 {
     const bool tcp = GENERATE(true, false);
     CAPTURE(tcp);
@@ -467,7 +467,7 @@ TEST_CASE("using tls_stream, including its failures, leaves the process's SIGPIP
 // ---------------------------------------------------------------- error queue
 
 TEST_CASE("a stale entry on the OpenSSL error queue does not change the outcome of connect, read, write or shutdown",
-          "[errors]")
+          "[scenario-22][errors]")
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     CAPTURE(version);
@@ -517,7 +517,7 @@ TEST_CASE("a stale entry on the OpenSSL error queue does not change the outcome 
     ERR_clear_error();
 }
 
-TEST_CASE("a failed call turned into an error_code leaves the OpenSSL error queue empty", "[errors]")
+TEST_CASE("a failed call turned into an error_code leaves the OpenSSL error queue empty", "[scenario-22][errors]")
 {
     std::byte buf[64];
     std::error_code ec;
@@ -576,7 +576,7 @@ TEST_CASE("a failed call turned into an error_code leaves the OpenSSL error queu
     }
 }
 
-TEST_CASE("a failed stream, alive or destroyed, does not disturb a healthy stream on the same thread", "[errors]")
+TEST_CASE("a failed stream, alive or destroyed, does not disturb a healthy stream on the same thread", "[scenario-22][errors]")
 {
     session<> healthy;
     session<> broken;
@@ -665,7 +665,7 @@ TEST_CASE("a second handshake is errc::already_connected and leaves the connecti
     CHECK(echo(*s.stream, s.peer, "still connected") == "still connected");
 }
 
-TEST_CASE("writing after close_write() is errc::closed from both overloads", "[errors]")
+TEST_CASE("writing after close_write() is errc::closed from both overloads", "[scenario-18][errors]")
 {
     session<> s;
     s.stream->close_write();
@@ -683,7 +683,7 @@ TEST_CASE("writing after close_write() is errc::closed from both overloads", "[e
     CHECK(how == support::ending::close_notify);
 }
 
-TEST_CASE("reading or writing after shutdown() is errc::closed from both overloads", "[errors]")
+TEST_CASE("reading or writing after shutdown() is errc::closed from both overloads", "[scenario-18][errors]")
 {
     session<> s;
     CHECK(s.stream->shutdown() == tls::shutdown_result::sent);

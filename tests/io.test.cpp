@@ -354,7 +354,7 @@ void check_endtls(const endtls_outcome& out, our_close how)
 
 TEST_CASE("a tls_stream client and server exchange small and 4 MiB messages both ways, and a simultaneous full "
           "shutdown completes on both ends",
-          "[io]")
+          "[scenario-3][io]")
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     const bool tcp = GENERATE(true, false);
@@ -419,7 +419,7 @@ TEST_CASE("a tls_stream client and server exchange small and 4 MiB messages both
 
 TEST_CASE("a non-blocking fd behaves like a blocking one: the same exchange and close, with and without an io "
           "timeout, gives identical results",
-          "[io]")
+          "[scenario-17][io]")
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     const bool tcp = GENERATE(true, false);
@@ -459,7 +459,7 @@ TEST_CASE("a non-blocking fd behaves like a blocking one: the same exchange and 
 
 TEST_CASE("read_some waiting out its io timeout burns almost no CPU (no busy-spinning), and a retry reads the data "
           "sent afterwards",
-          "[io]")
+          "[scenario-17][io]")
 {
     const bool tcp = GENERATE(true, false);
     const bool nonblocking = GENERATE(true, false);
@@ -518,7 +518,7 @@ TEST_CASE("read_some waiting out its io timeout burns almost no CPU (no busy-spi
 
 TEST_CASE("after close_write the peer sees our close_notify, read_some receives all it sends afterwards until 0, and "
           "writes fail with errc::closed",
-          "[io]")
+          "[scenario-9][io]")
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     const bool tcp = GENERATE(true, false);
@@ -585,7 +585,7 @@ TEST_CASE("after close_write the peer sees our close_notify, read_some receives 
 }
 
 TEST_CASE("when the peer sends data, its close_notify and a FIN, read_some returns every byte, then 0, and 0 again",
-          "[io]")
+          "[scenario-4][io]")
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     const bool tcp = GENERATE(true, false);
@@ -633,7 +633,7 @@ TEST_CASE("when the peer sends data, its close_notify and a FIN, read_some retur
 
 TEST_CASE("after the peer's close_notify (read_some returned 0) write_all still reaches the peer, and our close then "
           "sends close_notify",
-          "[io]")
+          "[scenario-19][io]")
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     const bool tcp = GENERATE(true, false);
@@ -697,7 +697,7 @@ TEST_CASE("after the peer's close_notify (read_some returned 0) write_all still 
 
 TEST_CASE("release_socket hands back the plaintext that arrived in the same segment as the peer's close_notify as "
           "unread, and the rest comes from the fd",
-          "[io]")
+          "[scenario-21][io]")
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     const bool tcp = GENERATE(true, false);
@@ -725,7 +725,7 @@ TEST_CASE("release_socket hands back the plaintext that arrived in the same segm
 
 TEST_CASE("release_socket after a close that read no plaintext returns an empty unread, and the plaintext sent later "
           "all comes from the fd",
-          "[io]")
+          "[scenario-21][io]")
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     const bool tcp = GENERATE(true, false);

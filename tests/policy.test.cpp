@@ -127,7 +127,7 @@ TEST_CASE("a policy is a type with a mode and a non-negative timeout that a deri
 
 // ---------------------------------------------------------------- wire outcome of each policy
 
-TEMPLATE_TEST_CASE("destroying an open stream puts exactly its policy's closure on the wire", "[policy]",
+TEMPLATE_TEST_CASE("destroying an open stream puts exactly its policy's closure on the wire", "[scenario-1][policy]",
                    tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
@@ -153,7 +153,7 @@ TEMPLATE_TEST_CASE("destroying an open stream puts exactly its policy's closure 
 
 // ---------------------------------------------------------------- fast
 
-TEST_CASE("fast shutdown returns at once without waiting for the peer's close_notify", "[policy]")
+TEST_CASE("fast shutdown returns at once without waiting for the peer's close_notify", "[scenario-1][scenario-16][policy]")
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     const bool tcp = GENERATE(true, false);
@@ -181,7 +181,7 @@ TEST_CASE("fast shutdown returns at once without waiting for the peer's close_no
 
 // ---------------------------------------------------------------- full
 
-TEST_CASE("full shutdown completes when the peer answers close_notify with its own", "[policy]")
+TEST_CASE("full shutdown completes when the peer answers close_notify with its own", "[scenario-1][policy]")
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     const bool tcp = GENERATE(true, false);
@@ -210,7 +210,7 @@ TEST_CASE("full shutdown completes when the peer answers close_notify with its o
     CHECK(c.peer.count_alerts(true, 0) == 1);
 }
 
-TEST_CASE("full shutdown returns errc::timeout after its policy's timeout when the peer is silent", "[policy]")
+TEST_CASE("full shutdown returns errc::timeout after its policy's timeout when the peer is silent", "[scenario-16][policy]")
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     const bool tcp = GENERATE(true, false);
@@ -268,7 +268,7 @@ TEST_CASE("set_shutdown_timeout overrides the policy's timeout at run time", "[p
 }
 
 TEST_CASE("full shutdown reports stream_truncated at once when the peer ends the transport without close_notify",
-          "[policy]")
+          "[scenario-7][policy]")
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     bool tcp = true;
@@ -303,7 +303,7 @@ TEST_CASE("full shutdown reports stream_truncated at once when the peer ends the
 }
 
 TEST_CASE("full shutdown sends nothing after its close_notify when the peer half-closes without answering",
-          "[policy]")
+          "[scenario-7][policy]")
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     const bool tcp = GENERATE(true, false);
@@ -337,7 +337,7 @@ TEST_CASE("full shutdown sends nothing after its close_notify when the peer half
 // ---------------------------------------------------------------- the peer closed first
 
 TEMPLATE_TEST_CASE("after the peer's close_notify each policy answers as its table row says and returns at once",
-                   "[policy]", tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
+                   "[scenario-2][policy]", tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     const bool tcp = GENERATE(true, false);
@@ -377,7 +377,7 @@ TEMPLATE_TEST_CASE("after the peer's close_notify each policy answers as its tab
 
 // ---------------------------------------------------------------- quiet
 
-TEST_CASE("quiet shutdown reports quiet and puts nothing on the wire", "[policy]")
+TEST_CASE("quiet shutdown reports quiet and puts nothing on the wire", "[scenario-1][scenario-16][policy]")
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     const bool tcp = GENERATE(true, false);

@@ -165,7 +165,7 @@ TEMPLATE_TEST_CASE("a move-constructed tls_stream carries the connection; the mo
 }
 
 TEMPLATE_TEST_CASE("move-assignment closes the target's connection by its policy at once and takes over the source's",
-                   "[raii]", fd_fast, fd_full, uq_fast, uq_full)
+                   "[scenario-23][raii]", fd_fast, fd_full, uq_fast, uq_full)
 {
     using socket_type = typename TestType::socket_type;
     constexpr bool full = TestType::policy_type::mode == tls::close_mode::full;
