@@ -8,7 +8,7 @@
 # suite when it is missing and takes just those two packages from it.
 set -euo pipefail
 
-packages=(g++ clang ninja-build pkg-config libssl-dev meson catch2)
+packages=(g++ clang ninja-build pkg-config libssl-dev openssl meson catch2)
 backported=(meson catch2)
 
 if [ "$(id -u)" -eq 0 ]; then
