@@ -148,6 +148,7 @@ TEMPLATE_TEST_CASE("openssl s_server's Q (no close_notify) is truncation to the 
     CHECK(close_ec == tls::errc::stream_truncated);
     REQUIRE(srv.proc->wait(patience).has_value());
     INFO("s_server:\n" << alerts_of(*srv.proc));
+    // The premise: Q really ended the connection without any alert.
     CHECK_FALSE(contains(srv.proc->output(), ">>> " + msg_version(version) + ", Alert"));
 }
 
