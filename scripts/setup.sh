@@ -8,7 +8,9 @@
 # suite when it is missing and takes just those two packages from it.
 set -euo pipefail
 
-packages=(g++ clang ninja-build pkg-config libssl-dev openssl meson catch2)
+packages=(g++ clang ninja-build pkg-config libssl-dev meson catch2)
+# The interop suite's external TLS peers (libssl-dev does not pull in the CLI).
+packages+=(openssl gnutls-bin curl python3)
 backported=(meson catch2)
 
 if [ "$(id -u)" -eq 0 ]; then

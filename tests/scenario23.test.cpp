@@ -12,16 +12,13 @@
 //    request, so the tickets are certainly in the client's socket when the
 //    stream is destroyed and the socket closed: the case that used to fail;
 //  - "at once": no waiting at all, whatever the timing gives.
+#include "support/interop.hpp"
 #include "support/process.hpp"
 #include "support/support.hpp"
 
 #include <catch2/catch_template_test_macros.hpp>
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/generators/catch_generators.hpp>
-
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 
 #include <chrono>
 #include <cstddef>
@@ -40,19 +37,6 @@ std::size_t count(std::string_view text, std::string_view needle)
     return n;
 }
 
-tls::unique_socket connect_to(int port)
-{
-    tls::unique_socket s{::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)};
-    support::ensure(s.native_handle() >= 0, "socket");
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<std::uint16_t>(port));
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    support::ensure(::connect(s.native_handle(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0,
-                    "connect to s_server");
-    return s;
-}
-
 } // namespace
 
 TEMPLATE_TEST_CASE("a write-only TLS 1.3 client that closes at once never loses its closure to a reset, against "
@@ -65,19 +49,15 @@ TEMPLATE_TEST_CASE("a write-only TLS 1.3 client that closes at once never loses 
 
     const auto deadline = support::process::clock::now() + 60s;
     const auto& cred = support::credentials();
-    support::listening_process srv = support::start_listening(
-        [&](int port) {
-            return std::vector<std::string>{"openssl", "s_server", "-accept", std::to_string(port), "-cert",
-                                            cred.chain_file, "-key", cred.key_file, "-tls1_3", "-msg",
-                                            "-naccept", std::to_string(runs)};
-        },
-        "ACCEPT", deadline);
-    support::process& server = *srv.server;
+    support::process server({"openssl", "s_server", "-accept", "127.0.0.1:0", "-cert", cred.chain_file, "-key",
+                             cred.key_file, "-tls1_3", "-msg", "-naccept", std::to_string(runs)});
+    const auto port = server.wait_for_line("ACCEPT 127.0.0.1:", deadline); // port 0: it prints the one it got
+    REQUIRE(port.has_value());
 
     const tls::context ctx = support::client_context(TLS1_3_VERSION);
     for (int i = 0; i < runs; ++i) {
         const std::string request = "request " + std::to_string(i) + "\n";
-        tls::tls_stream<tls::unique_socket, TestType> s(ctx, connect_to(srv.port));
+        tls::tls_stream<tls::unique_socket, TestType> s(ctx, interop::connect_to(std::stoi(*port)));
         s.set_io_timeout(10s);
         s.connect("localhost");
         s.write_all(support::bytes(request));

@@ -240,6 +240,45 @@ bool process::wait_for_output(std::string_view needle, clock::time_point deadlin
     return output_.find(needle) != std::string::npos;
 }
 
+std::optional<std::string> process::wait_for_line(std::string_view needle, clock::time_point deadline) const
+{
+    std::optional<std::string> line;
+    const auto found = [&] {
+        const std::size_t at = output_.find(needle);
+        if (at == std::string::npos)
+            return false;
+        const std::size_t end = output_.find('\n', at);
+        if (end == std::string::npos)
+            return false;
+        const std::size_t from = at + needle.size();
+        line = output_.substr(from, end - from);
+        return true;
+    };
+    std::unique_lock lock(mutex_);
+    changed_.wait_until(lock, deadline, [&] { return found() || output_ended_; });
+    return line;
+}
+
+std::optional<std::size_t> process::wait_for_first_of(const std::vector<std::string_view>& needles,
+                                                      clock::time_point deadline) const
+{
+    std::optional<std::size_t> first;
+    const auto found = [&] {
+        std::size_t best = std::string::npos;
+        for (std::size_t i = 0; i < needles.size(); ++i) {
+            const std::size_t at = output_.find(needles[i]);
+            if (at < best) {
+                best = at;
+                first = i;
+            }
+        }
+        return first.has_value();
+    };
+    std::unique_lock lock(mutex_);
+    changed_.wait_until(lock, deadline, [&] { return found() || output_ended_; });
+    return first;
+}
+
 bool process::wait_for_output_end(clock::time_point deadline) const
 {
     std::unique_lock lock(mutex_);
@@ -278,6 +317,10 @@ std::optional<int> process::wait(clock::time_point deadline)
             break;
     }
     ::close(pidfd);
+    // Exited is not yet read: the reader thread may still be draining the
+    // pipe. What the child printed belongs to its result.
+    if (status_)
+        wait_for_output_end(deadline);
     return status_;
 }
 
@@ -303,19 +346,20 @@ int free_port()
 }
 
 listening_process start_listening(const std::function<std::vector<std::string>(int port)>& make_argv,
-                                  std::string_view ready, process::clock::time_point deadline, int attempts)
+                                  std::string_view ready, std::string_view failed,
+                                  process::clock::time_point deadline, int attempts)
 {
     std::string last;
     for (int i = 0; i < attempts; ++i) {
         const int port = free_port();
         auto server = std::make_unique<process>(make_argv(port));
-        if (server->wait_for_output(ready, deadline))
+        if (server->wait_for_first_of({ready, failed}, deadline) == 0u)
             return {std::move(server), port};
         last = server->command() + " printed:\n" + server->output();
         if (process::clock::now() >= deadline)
             break;
-        // The output ended without the line: it exited, most likely because
-        // the port was taken in the meantime. Try another.
+        // It failed or exited before listening, most likely because the
+        // port was taken in the meantime. Try another.
     }
     throw std::runtime_error("support::start_listening: no server ready; " + last);
 }

@@ -55,14 +55,23 @@ public:
     {
         return wait_for_output(needle, clock::now() + limit);
     }
+    /// The rest of the first complete output line that contains `needle`
+    /// (what follows `needle` on it), once that line has ended; nullopt if
+    /// there is none by `deadline` or the output ends first.
+    std::optional<std::string> wait_for_line(std::string_view needle, clock::time_point deadline) const;
+    /// Which of `needles` occurs earliest in the output, once any occurs;
+    /// nullopt if none does by `deadline` or the output ends first.
+    std::optional<std::size_t> wait_for_first_of(const std::vector<std::string_view>& needles,
+                                                 clock::time_point deadline) const;
     /// Whether the output ends (every writer closed it) by `deadline`.
     bool wait_for_output_end(clock::time_point deadline) const;
     /// Everything the child wrote so far.
     std::string output() const;
 
-    /// Waits for the child to exit and reaps it. Returns its exit code, or
-    /// minus the signal number that ended it; nullopt if it is still
-    /// running at `deadline`.
+    /// Waits for the child to exit and reaps it, then (within the same
+    /// deadline) for the reader thread to have collected all its output.
+    /// Returns its exit code, or minus the signal number that ended it;
+    /// nullopt if it is still running at `deadline`.
     std::optional<int> wait(clock::time_point deadline);
     std::optional<int> wait(std::chrono::milliseconds limit) { return wait(clock::now() + limit); }
 
@@ -97,16 +106,17 @@ int free_port();
 
 /// Starts a server that must be told its port on the command line:
 /// `make_argv(port)` with a free port, until the output shows `ready` (the
-/// program's "listening" line). A child that exits first, e.g. because the
-/// port was taken meanwhile, is retried with another port, up to `attempts`
-/// times. Throws std::runtime_error, with the last output, if none is ready
-/// by `deadline`.
+/// program's "listening" line). A child whose output shows `failed` first,
+/// or that exits first, e.g. because the port was taken meanwhile, is ended
+/// and retried with another port, up to `attempts` times. Throws
+/// std::runtime_error, with the last output, if none is ready by `deadline`.
 struct listening_process {
     std::unique_ptr<process> server;
     int port;
 };
 listening_process start_listening(const std::function<std::vector<std::string>(int port)>& make_argv,
-                                  std::string_view ready, process::clock::time_point deadline, int attempts = 5);
+                                  std::string_view ready, std::string_view failed,
+                                  process::clock::time_point deadline, int attempts = 5);
 
 } // namespace support
 
