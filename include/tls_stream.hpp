@@ -761,8 +761,11 @@ public:
         default: ec = unusable_error(); return shutdown_result::none;
         }
         result_ = run_policy(ec);
-        if (phase_ == phase::open)
+        if (phase_ == phase::open) {
             phase_ = phase::finished;
+            if (!got_cn_)
+                end_sending();
+        }
         error_ = ec;
         ERR_clear_error();
         return result_;
@@ -1037,16 +1040,21 @@ private:
             close_quietly();
             return shutdown_result::quiet;
         } else {
+            const bool answering = got_cn_; // the peer's close_notify came before ours
             if (!sent_cn_) {
                 send_close_notify(until, ec);
                 if (ec)
                     return shutdown_result::none;
             }
-            if constexpr (Policy::mode == close_mode::full)
+            if constexpr (Policy::mode == close_mode::full) {
                 drain_until_close_notify(until, ec);
-            else
+                return got_cn_ ? shutdown_result::complete : shutdown_result::sent;
+            } else {
+                // Fast does not wait for the peer: whether its answer happened
+                // to be among what was consumed is timing, not an outcome.
                 consume_arrived();
-            return got_cn_ ? shutdown_result::complete : shutdown_result::sent;
+                return answering ? shutdown_result::complete : shutdown_result::sent;
+            }
         }
     }
 
@@ -1071,9 +1079,9 @@ private:
     }
 
     // Linux answers close() on a TCP socket that still holds unread data
-    // with a reset, which throws away whatever we had not sent yet. Two
+    // with a reset, which throws away whatever we had not sent yet. Three
     // steps make the close that follows ours (by the application, or by an
-    // owning socket) a plain FIN, without waiting for anything:
+    // owning socket) harmless, without waiting for anything:
 
     // 1. What we wrote leaves now: a small record (our close_notify) held
     //    back by Nagle's algorithm is pushed out by switching TCP_NODELAY on
@@ -1123,6 +1131,14 @@ private:
         ERR_clear_error();
     }
 
+    // 3. After a close that did not complete, our FIN follows at once
+    //    (shutdown(SHUT_WR), which also pushes out anything still held). A
+    //    reset from a later close() of a socket that meanwhile received more
+    //    data then comes after the FIN, and the peer still reads an orderly
+    //    end. Nothing valid can be written on this connection any more:
+    //    going on in the clear needs a completed close, which skips this.
+    void end_sending() noexcept { ::shutdown(t_->fd, SHUT_WR); }
+
     // Reads and discards application data until the peer's close_notify.
     // SSL_read, not a second SSL_shutdown: data that is still in flight
     // would make SSL_shutdown fail ("application data after close notify").
@@ -1143,6 +1159,11 @@ private:
         }
     }
 
+    // Out of line: inlined into the destructor of a std::optional holding
+    // a stream, g++ 12 -O2 misreports phase_ as maybe-uninitialized.
+#if defined(__GNUC__) && !defined(__clang__)
+    [[gnu::noinline]]
+#endif
     void close_on_destruction() noexcept
     {
         if (phase_ == phase::open) {

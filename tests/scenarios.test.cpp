@@ -14,11 +14,12 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <fcntl.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <atomic>
-#include <optional>
+#include <memory>
 #include <csignal>
 #include <chrono>
 #include <cstddef>
@@ -84,7 +85,7 @@ TEST_CASE("accepting a missing close_notify is an opt-in, per context or per str
     CHECK_FALSE(ctx.accepts_missing_close_notify()); // strict by default
     if (how == opt_in::context)
         ctx.set_accept_missing_close_notify();
-    std::optional<stream<tls::full_shutdown>> holder(std::in_place, ctx, std::move(pair.a));
+    auto holder = std::make_unique<stream<tls::full_shutdown>>(ctx, std::move(pair.a));
     auto& s = *holder;
     if (how == opt_in::stream)
         s.set_accept_missing_close_notify();
@@ -223,7 +224,7 @@ TEMPLATE_TEST_CASE("a write-only TLS 1.3 client's close processes the session ti
     {
         support::socket_pair pair = support::tcp_pair();
         support::raw_peer peer(server_ctx, std::move(pair.b));
-        std::optional<stream<TestType>> holder(std::in_place, client_ctx, std::move(pair.a));
+        auto holder = std::make_unique<stream<TestType>>(client_ctx, std::move(pair.a));
         auto& s = *holder;
         support::handshake(s, peer); // the peer's accept has written its tickets
         std::string got;
@@ -277,7 +278,7 @@ TEMPLATE_TEST_CASE("a TLS 1.2 server's session cache keeps sessions closed by an
     {
         support::socket_pair pair = support::tcp_pair();
         support::raw_peer client(support::client_context(TLS1_2_VERSION), std::move(pair.b));
-        std::optional<stream<TestType>> holder(std::in_place, server_ctx, std::move(pair.a));
+        auto holder = std::make_unique<stream<TestType>>(server_ctx, std::move(pair.a));
         auto& s = *holder;
         support::handshake(s, client, role::server);
         REQUIRE(support::ping_pong(s, client) == "pong");
@@ -593,4 +594,47 @@ TEMPLATE_TEST_CASE("when a close returns, nothing it wrote is still held back in
         CAPTURE(round);
         CHECK(unsent == 0);
     }
+}
+
+TEMPLATE_TEST_CASE("after a close that did not complete, our FIN follows at once, even while the socket stays open",
+                   "[scenario-23]", tls::fast_shutdown, tls::quiet_shutdown, brief_full)
+{
+    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const bool tcp = GENERATE(true, false);
+    CAPTURE(version_name(version), tcp);
+
+    // A borrowed descriptor: nothing closes it before the checks below.
+    support::session<tls::tls_stream<tls::fd_socket, TestType>> c(version, tcp);
+    REQUIRE(support::ping_pong(*c.stream, c.peer) == "pong");
+    std::error_code ec;
+    const tls::shutdown_result result = c.stream->shutdown(ec); // the peer stays silent
+    CHECK(to_string(result) == (TestType::mode == tls::close_mode::quiet ? "quiet" : "sent"));
+    // The peer reads our closure and then an orderly end (a FIN, not a
+    // reset, not its 10 s receive timeout), though our socket is open.
+    const ending how = c.peer.read_to_end().second;
+    support::check_peer_saw_closure(TestType::mode, how, c.peer);
+    CHECK(::fcntl(c.pair.a.native_handle(), F_GETFD) != -1);
+}
+
+TEST_CASE("after a completed close the socket can still send in the clear (ENDTLS)", "[scenario-21]")
+{
+    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    CAPTURE(version_name(version));
+
+    support::session<stream<tls::fast_shutdown>> c(version);
+    REQUIRE(c.peer.shutdown() == 0); // the peer closes first; we answer
+    std::byte buf[8];
+    REQUIRE(c.stream->read_some(buf) == 0);
+    CHECK(to_string(c.stream->shutdown()) == "complete");
+    auto [sock, unread] = std::move(*c.stream).release_socket();
+    CHECK(unread.empty());
+    CHECK(::send(sock.native_handle(), "in the clear", 12, MSG_NOSIGNAL) == 12);
+    std::string got;
+    ending how{};
+    got = c.peer.read_some(64, how); // our close_notify first
+    CHECK(got.empty());
+    CHECK(to_string(how) == "close_notify");
+    char clear[12] = {};
+    CHECK(::recv(c.peer.fd(), clear, sizeof clear, MSG_WAITALL) == 12); // bounded by its 10 s timeout
+    CHECK(std::string(clear, sizeof clear) == "in the clear");
 }
