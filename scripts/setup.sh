@@ -10,6 +10,10 @@ set -euo pipefail
 
 packages=(g++ clang ninja-build pkg-config libssl-dev meson catch2)
 backported=(meson catch2)
+# `setup.sh bench`: also what scripts/bench.sh needs (Asio, the counters, taskset).
+if [ "${1:-}" = bench ]; then
+    packages+=(libasio-dev valgrind strace linux-perf util-linux)
+fi
 
 if [ "$(id -u)" -eq 0 ]; then
     as_root() { "$@"; }
