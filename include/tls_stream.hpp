@@ -829,7 +829,11 @@ private:
     {
         t_->may_block = !until;
         for (;;) {
-            ERR_clear_error();
+            // Stale entries would make SSL_get_error report SSL_ERROR_SSL.
+            // Peeking is far cheaper than ERR_clear_error(), which walks all
+            // sixteen slots and frees two strings in each.
+            if (ERR_peek_error() != 0) [[unlikely]]
+                ERR_clear_error();
             t_->last_errno = 0;
             const int r = op();
             if (r > 0) [[likely]]
