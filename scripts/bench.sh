@@ -4,7 +4,7 @@
 # pinned to one CPU (the headline), the same with free threads, then
 # instruction (callgrind) and system-call counts.
 #
-#   scripts/bench.sh           the full run (about a quarter of an hour)
+#   scripts/bench.sh           the full run (15 to 20 minutes on 2 CPUs)
 #   scripts/bench.sh --quick   smaller workloads and 3 runs, for development
 #
 # Installs what it needs (scripts/setup.sh bench), builds in release mode
@@ -33,8 +33,10 @@ echo "- kernel: $(uname -sr)"
 echo "- OpenSSL: $(openssl version)"
 echo "- compiler: $(c++ --version | head -n1), meson --buildtype=release"
 echo "- command: scripts/bench.sh ${quick[*]}"
+echo "- load average (1, 5, 15 min) before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 
 taskset -c 0 "$bench" time "${quick[@]}" --title "both threads pinned to one CPU (taskset -c 0)"
 "$bench" time "${quick[@]}" --title "free threads"
 "$bench" counts "${quick[@]}"
+echo "Load average (1, 5, 15 min) after the run: $(cut -d' ' -f1-3 /proc/loadavg)"
