@@ -349,21 +349,55 @@ struct transport {
     std::size_t begin = 0;  // unconsumed ciphertext is buf[begin, end)
     std::size_t end = 0;
     std::unique_ptr<std::byte[]> buf{new std::byte[read_ahead_capacity]};
+    // Framing of what OpenSSL was given: it never gets a byte past the end
+    // of the record it is reading, so whatever follows the peer's
+    // close_notify stays in buf for release_socket().
+    unsigned char header[5] = {};
+    std::size_t header_seen = 0; // bytes of the current record's header given so far
+    std::size_t body_left = 0;   // bytes of its body still to give
 
     std::size_t buffered() const noexcept { return end - begin; }
 };
 
+// How many of the n bytes at p belong to the current record (all of them, or
+// up to its end); moves the framing past them. At least 1 if n > 0.
+inline std::size_t frame(transport& t, const std::byte* p, std::size_t n) noexcept
+{
+    std::size_t k = 0;
+    while (k < n) {
+        if (t.header_seen < sizeof t.header) {
+            t.header[t.header_seen++] = static_cast<unsigned char>(p[k++]);
+            if (t.header_seen < sizeof t.header)
+                continue;
+            t.body_left = std::size_t{t.header[3]} << 8 | t.header[4];
+        } else {
+            const std::size_t m = std::min(t.body_left, n - k);
+            k += m;
+            t.body_left -= m;
+        }
+        if (t.body_left == 0) {
+            t.header_seen = 0;
+            break;
+        }
+    }
+    return k;
+}
+
+// OpenSSL runs with read-ahead on, so it asks for a whole buffer's worth and
+// one recv() usually brings a whole record, straight into OpenSSL's buffer
+// (no copy). Only bytes past the end of the current record are kept here.
 inline int transport_read(BIO* bio, char* out, std::size_t len, std::size_t* got) noexcept
 {
     auto* t = static_cast<transport*>(BIO_get_data(bio));
     BIO_clear_retry_flags(bio);
     *got = 0;
+    auto* dst = reinterpret_cast<std::byte*>(out);
     if (t->begin == t->end) {
         if (t->eof)
             return 0;
         ssize_t n;
         do
-            n = ::recv(t->fd, t->buf.get(), read_ahead_capacity, t->may_block ? 0 : MSG_DONTWAIT);
+            n = ::recv(t->fd, out, std::min(len, read_ahead_capacity), t->may_block ? 0 : MSG_DONTWAIT);
         while (n < 0 && errno == EINTR);
         if (n <= 0) {
             if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -376,11 +410,16 @@ inline int transport_read(BIO* bio, char* out, std::size_t len, std::size_t* got
             t->eof = true;
             return 0;
         }
+        const auto received = static_cast<std::size_t>(n);
+        const std::size_t k = frame(*t, dst, received);
+        std::memcpy(t->buf.get(), dst + k, received - k);
         t->begin = 0;
-        t->end = static_cast<std::size_t>(n);
+        t->end = received - k;
+        *got = k;
+        return 1;
     }
-    const std::size_t k = std::min(len, t->buffered());
-    std::memcpy(out, t->buf.get() + t->begin, k);
+    const std::size_t k = frame(*t, t->buf.get() + t->begin, std::min(len, t->buffered()));
+    std::memcpy(dst, t->buf.get() + t->begin, k);
     t->begin += k;
     *got = k;
     return 1;
@@ -548,6 +587,7 @@ public:
         BIO_set_init(bio, 1);
         SSL_set_bio(ssl_.get(), bio, bio);
         SSL_set_mode(ssl_.get(), SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+        SSL_set_read_ahead(ssl_.get(), 1); // safe: the transport hands over one record at a time
     }
 
     tls_stream(tls_stream&& other) noexcept
@@ -878,7 +918,11 @@ private:
     {
         t_->may_block = !until;
         for (;;) {
-            ERR_clear_error();
+            // Stale entries would make SSL_get_error report SSL_ERROR_SSL.
+            // Peeking is far cheaper than ERR_clear_error(), which walks all
+            // sixteen slots and frees two strings in each.
+            if (ERR_peek_error() != 0) [[unlikely]]
+                ERR_clear_error();
             t_->last_errno = 0;
             const int r = op();
             if (r > 0) [[likely]]

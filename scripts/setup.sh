@@ -12,6 +12,10 @@ packages=(g++ clang ninja-build pkg-config libssl-dev meson catch2)
 # The interop suite's external TLS peers (libssl-dev does not pull in the CLI).
 packages+=(openssl gnutls-bin curl python3)
 backported=(meson catch2)
+# `setup.sh bench`: also what scripts/bench.sh needs (Asio, the counters, taskset).
+if [ "${1:-}" = bench ]; then
+    packages+=(libasio-dev valgrind strace linux-perf util-linux)
+fi
 
 if [ "$(id -u)" -eq 0 ]; then
     as_root() { "$@"; }

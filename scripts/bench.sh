@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Benchmarks tls_stream against raw OpenSSL (read-ahead off and on) and
+# Asio's ssl::stream, and prints markdown tables: timings with both threads
+# pinned to one CPU (the headline), the same with free threads, then
+# instruction (callgrind) and system-call counts.
+#
+#   scripts/bench.sh           the full run (15 to 20 minutes on 2 CPUs)
+#   scripts/bench.sh --quick   smaller workloads and 3 runs, for development
+#
+# Installs what it needs (scripts/setup.sh bench), builds in release mode
+# into build/bench and runs everything from there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=()
+case "${1:-}" in
+    --quick) quick=(--quick) ;;
+    "") ;;
+    *) echo "usage: scripts/bench.sh [--quick]" >&2; exit 2 ;;
+esac
+
+scripts/setup.sh bench >&2
+dir=build/bench
+[ -f "$dir/build.ninja" ] ||
+    meson setup "$dir" --buildtype=release -Dbench=enabled -Dtests=disabled -Dexamples=disabled >&2
+meson compile -C "$dir" >&2
+bench=$dir/bench/tls_bench
+
+echo "### Machine"
+echo
+echo "- CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) CPUs online"
+echo "- kernel: $(uname -sr)"
+echo "- OpenSSL: $(openssl version)"
+echo "- compiler: $(c++ --version | head -n1), meson --buildtype=release"
+echo "- command: scripts/bench.sh ${quick[*]}"
+echo "- load average (1, 5, 15 min) before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+
+taskset -c 0 "$bench" time "${quick[@]}" --title "both threads pinned to one CPU (taskset -c 0)"
+"$bench" time "${quick[@]}" --title "free threads"
+"$bench" counts "${quick[@]}"
+echo "Load average (1, 5, 15 min) after the run: $(cut -d' ' -f1-3 /proc/loadavg)"
