@@ -775,8 +775,11 @@ public:
             ec = unusable_error();
             return;
         }
-        if (!sent_cn_)
+        if (!sent_cn_) {
             send_close_notify(io_deadline(), ec);
+            if (!ec)
+                push_unsent(); // the half-close should reach the peer now
+        }
     }
 
     /// Runs the policy now, bounded by the shutdown timeout; afterwards
@@ -1066,7 +1069,6 @@ private:
         sent_cn_ = true;
         if (r == 1 && !t_->eof) // 1 also follows an accepted missing close_notify
             got_cn_ = true;
-        push_unsent();
     }
 
     shutdown_result run_policy(std::error_code& ec)
@@ -1097,7 +1099,10 @@ private:
                 // Fast does not wait for the peer: whether its answer happened
                 // to be among what was consumed is timing, not an outcome.
                 consume_arrived();
-                return answering ? shutdown_result::complete : shutdown_result::sent;
+                if (!answering)
+                    return shutdown_result::sent; // shutdown() then ends our sending side, which pushes
+                push_unsent(); // our answer leaves now; the socket stays open (release_socket)
+                return shutdown_result::complete;
             }
         }
     }
