@@ -156,6 +156,6 @@ TEST_CASE("10 000 sequential connections leak neither descriptors nor memory", "
     // RSS also moves with fragmentation and thread stacks: 4 MiB, still less
     // than one 64 KiB read-ahead buffer (or one SSL, ~6 KiB) leaked per
     // connection (9 000 x 6 KiB = 54 MiB).
-    CHECK(heap_at_end - heap_after_warm_up < 64 * 1024);
-    CHECK(rss_at_end - rss_after_warm_up < 4 * 1024 * 1024);
+    CHECK(heap_at_end - heap_after_warm_up < 64L * 1024);
+    CHECK(rss_at_end - rss_after_warm_up < 4L * 1024 * 1024);
 }

@@ -18,7 +18,7 @@ std::string serve_once(const tls::context& ctx, int fd)
     s.write_all(std::span<const std::byte>(buf, n));
     while (s.read_some(buf) != 0) {
     }
-    return std::string(reinterpret_cast<const char*>(buf), n);
+    return {reinterpret_cast<const char*>(buf), n};
 }
 
 } // namespace odr
