@@ -10,10 +10,10 @@
 #include <catch2/catch_test_macros.hpp>
 
 #include <dirent.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
-#include <malloc.h>
 #include <unistd.h>
 
 #include <cstddef>
@@ -142,9 +142,9 @@ TEST_CASE("10 000 sequential connections leak neither descriptors nor memory", "
     const long fds_at_end = open_fds();
     const long heap_at_end = heap_in_use();
     const long rss_at_end = resident_bytes();
-    std::printf("soak: %d connections; after warm-up / at end: %ld / %ld fds, heap %ld / %ld bytes, RSS %ld / %ld KiB\n",
-                total, fds_after_warm_up, fds_at_end, heap_after_warm_up, heap_at_end, rss_after_warm_up / 1024,
-                rss_at_end / 1024);
+    std::printf(
+        "soak: %d connections; after warm-up / at end: %ld / %ld fds, heap %ld / %ld bytes, RSS %ld / %ld KiB\n", total,
+        fds_after_warm_up, fds_at_end, heap_after_warm_up, heap_at_end, rss_after_warm_up / 1024, rss_at_end / 1024);
 
     // A malloc that does not count (a sanitizer's allocator) would make the
     // heap check pass vacuously.

@@ -13,9 +13,9 @@
 
 #include <chrono>
 #include <cstdio>
+#include <exception>
 #include <span>
 #include <stdexcept>
-#include <exception>
 #include <string>
 #include <string_view>
 #include <thread>

@@ -76,14 +76,15 @@ try {
     for (const int version : {TLS1_2_VERSION, TLS1_3_VERSION}) {
         const auto [hello, answer] = first_flights(creds, version);
         const std::string v = version == TLS1_3_VERSION ? "tls13" : "tls12";
-        write(dir, "raw-server-" + v + "-clienthello", 0x01 | 0x04, hello);      // full policy
-        write(dir, "raw-client-" + v + "-serverflight", 0x00 | 0x02, answer);    // quiet policy
+        write(dir, "raw-server-" + v + "-clienthello", 0x01 | 0x04, hello);               // full policy
+        write(dir, "raw-client-" + v + "-serverflight", 0x00 | 0x02, answer);             // quiet policy
         write(dir, "raw-server-" + v + "-clienthello-closed", 0x01 | 0x20 | 0x40, hello); // fast, peer closes
     }
 
     // Scripts after a real handshake (bit 3 set).
     const bytes hello_then_close = {fuzz::op_data, 5, 'h', 'e', 'l', 'l', 'o', fuzz::op_close_notify};
-    const bytes garbage_record = {fuzz::op_data, 2, 'h', 'i', fuzz::op_raw, 7, 0x17, 0x03, 0x03, 0x00, 0x02, 0xde, 0xad};
+    const bytes garbage_record = {fuzz::op_data, 2,    'h',  'i',  fuzz::op_raw, 7,   0x17,
+                                  0x03,          0x03, 0x00, 0x02, 0xde,         0xad};
     const bytes alert_record = {fuzz::op_raw, 7, 0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28};
     const bytes key_update = {fuzz::op_key_update, fuzz::op_data, 3, 'a', 'b', 'c', fuzz::op_close_notify};
     const bytes tickets = {fuzz::op_ticket, fuzz::op_ticket, fuzz::op_data, 1, 'x'};

@@ -21,13 +21,13 @@ namespace fuzz {
 
 /// Configuration byte (the first byte of every input).
 struct config {
-    bool our_role_server; // bit 0: the tls_stream accepts (else it connects)
-    int policy;           // bits 1-2: 0 fast, 1 quiet, 2-3 full
-    bool real_handshake;  // bit 3: a real peer completes the handshake, then
-                          //        the input is a script of peer actions;
-                          //        else the input is the peer's raw bytes
-    bool tls13;           // bit 4: the real peer's protocol version
-    bool peer_closes;     // bit 5: the peer ends with close() (else shutdown(SHUT_WR))
+    bool our_role_server;   // bit 0: the tls_stream accepts (else it connects)
+    int policy;             // bits 1-2: 0 fast, 1 quiet, 2-3 full
+    bool real_handshake;    // bit 3: a real peer completes the handshake, then
+                            //        the input is a script of peer actions;
+                            //        else the input is the peer's raw bytes
+    bool tls13;             // bit 4: the real peer's protocol version
+    bool peer_closes;       // bit 5: the peer ends with close() (else shutdown(SHUT_WR))
     bool explicit_shutdown; // bit 6: we call shutdown() (else the destructor closes)
     bool close_write_first; // bit 7: we call close_write() before reading
 
@@ -39,11 +39,11 @@ struct config {
 
 /// Script opcodes (after a real handshake), one byte each, some with operands.
 enum op : std::uint8_t {
-    op_data = 0,       // [len] [len bytes]: application data, encrypted by the peer
-    op_close_notify,   // the peer's close_notify
-    op_raw,            // [len] [len bytes]: bytes put on the wire as they are
-    op_key_update,     // TLS 1.3: KeyUpdate (update requested); TLS 1.2: renegotiation request
-    op_ticket,         // TLS 1.3 server peer: one more NewSessionTicket
+    op_data = 0,     // [len] [len bytes]: application data, encrypted by the peer
+    op_close_notify, // the peer's close_notify
+    op_raw,          // [len] [len bytes]: bytes put on the wire as they are
+    op_key_update,   // TLS 1.3: KeyUpdate (update requested); TLS 1.2: renegotiation request
+    op_ticket,       // TLS 1.3 server peer: one more NewSessionTicket
     op_count
 };
 
@@ -103,7 +103,8 @@ public:
     /// Waits for bytes from `fd` (until the deadline) and hands them to the SSL.
     bool receive(std::chrono::steady_clock::time_point until) noexcept
     {
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+        const auto left =
+            std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
         pollfd p{fd_, POLLIN, 0};
         if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) != 1)
             return false;

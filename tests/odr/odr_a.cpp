@@ -2,10 +2,7 @@
 
 namespace odr {
 
-addresses seen_by_a()
-{
-    return {&tls::error_category(), &tls::openssl_category(), tls::detail::transport_method()};
-}
+addresses seen_by_a() { return {&tls::error_category(), &tls::openssl_category(), tls::detail::transport_method()}; }
 
 std::string serve_once(const tls::context& ctx, int fd)
 {

@@ -12,10 +12,7 @@
 
 namespace odr {
 
-addresses seen_by_b()
-{
-    return {&tls::error_category(), &tls::openssl_category(), tls::detail::transport_method()};
-}
+addresses seen_by_b() { return {&tls::error_category(), &tls::openssl_category(), tls::detail::transport_method()}; }
 
 } // namespace odr
 
@@ -49,7 +46,8 @@ try {
         throw std::runtime_error("socketpair failed");
     tls::unique_socket server_end{fds[0]};
     const tls::context server_ctx = tls::context::server(creds.chain_file, creds.key_file);
-    auto served = std::async(std::launch::async, [&] { return odr::serve_once(server_ctx, server_end.native_handle()); });
+    auto served =
+        std::async(std::launch::async, [&] { return odr::serve_once(server_ctx, server_end.native_handle()); });
     tls::context client_ctx = tls::context::client();
     client_ctx.load_verify_file(creds.ca_file);
     tls::shutdown_result closed = tls::shutdown_result::none;
@@ -62,7 +60,8 @@ try {
         c.write_all(std::as_bytes(std::span(msg.data(), msg.size())));
         std::size_t have = 0;
         while (have < echoed.size()) {
-            const std::size_t k = c.read_some(std::as_writable_bytes(std::span(echoed.data() + have, echoed.size() - have)));
+            const std::size_t k =
+                c.read_some(std::as_writable_bytes(std::span(echoed.data() + have, echoed.size() - have)));
             if (k == 0)
                 break;
             have += k;
