@@ -337,7 +337,7 @@ namespace detail {
 
 // Ciphertext read from the socket ahead of what OpenSSL asked for, so that one
 // recv() usually brings a whole record (or several) instead of header + body.
-inline constexpr std::size_t read_ahead_capacity = 64 * 1024;
+inline constexpr std::size_t read_ahead_capacity = std::size_t{64} * 1024;
 
 struct transport {
     int fd;

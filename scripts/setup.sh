@@ -6,16 +6,24 @@
 # On Debian 12, Catch2 v3 and a Meson >= 1.0 only exist in the
 # bookworm-backports suite of Debian's own archive; the script enables that
 # suite when it is missing and takes just those two packages from it.
+#
+# `setup.sh --ci` also installs what the quality gates (scripts/ci-gates.sh)
+# need: valgrind, clang-format, clang-tidy and clang's sanitizer / libFuzzer
+# runtime.
 set -euo pipefail
 
-packages=(g++ clang ninja-build pkg-config libssl-dev meson catch2)
+packages=(g++ clang ninja-build pkg-config libssl-dev meson catch2 cmake)
 # The interop suite's external TLS peers (libssl-dev does not pull in the CLI).
 packages+=(openssl gnutls-bin curl python3)
 backported=(meson catch2)
-# `setup.sh bench`: also what scripts/bench.sh needs (Asio, the counters, taskset).
-if [ "${1:-}" = bench ]; then
-    packages+=(libasio-dev valgrind strace linux-perf util-linux)
-fi
+ci=false
+case "${1:-}" in
+    # `setup.sh bench`: also what scripts/bench.sh needs (Asio, the counters, taskset).
+    bench) packages+=(libasio-dev valgrind strace linux-perf util-linux) ;;
+    --ci) ci=true; packages+=(valgrind clang-format clang-tidy) ;;
+    "") ;;
+    *) echo "usage: scripts/setup.sh [bench|--ci]" >&2; exit 2 ;;
+esac
 
 if [ "$(id -u)" -eq 0 ]; then
     as_root() { "$@"; }
@@ -36,7 +44,29 @@ have_all() {
     # The versions matter too: Debian 12's own meson (0.63) and catch2 (2.x) are too old.
     dpkg --compare-versions "$(meson --version 2>/dev/null || echo 0)" ge 1.0 &&
         pkg-config --atleast-version=3 catch2-with-main 2>/dev/null &&
-        pkg-config --atleast-version=3.0 openssl 2>/dev/null
+        pkg-config --atleast-version=3.0 openssl 2>/dev/null &&
+        { ! $ci || have_clang_runtime; }
+}
+
+# The sanitizer and libFuzzer runtime of the installed clang.
+have_clang_runtime() {
+    local dir
+    dir=$(clang++ -print-runtime-dir 2>/dev/null) || return 1
+    compgen -G "$dir/libclang_rt.fuzzer-*.a" >/dev/null && compgen -G "$dir/libclang_rt.asan-*.a" >/dev/null
+}
+
+# Its package: libclang-rt-dev where the default clang has one (Debian 12
+# and newer), else the versioned libclang-rt-N-dev, else (older releases)
+# libclang-common-N-dev, which held the runtime before it was split out.
+clang_runtime_package() {
+    local major p
+    major=$(clang++ -dumpversion 2>/dev/null | cut -d. -f1)
+    for p in libclang-rt-dev "libclang-rt-$major-dev" "libclang-common-$major-dev"; do
+        if [ -n "$(apt-cache policy "$p" 2>/dev/null | sed -n 's/^ *Candidate: //p' | grep -v '(none)')" ]; then
+            echo "$p"
+            return
+        fi
+    done
 }
 
 if have_all; then
@@ -72,6 +102,12 @@ if [ ${#use_backports[@]} -gt 0 ]; then
     as_root apt-get install -y --no-install-recommends "${use_backports[@]}" "${backported[@]}"
 else
     as_root apt-get install -y --no-install-recommends "${packages[@]}"
+fi
+
+if $ci && ! have_clang_runtime; then
+    rt=$(clang_runtime_package)
+    [ -n "$rt" ] || { echo "setup: no package with clang's sanitizer runtime found" >&2; exit 1; }
+    as_root apt-get install -y --no-install-recommends "$rt"
 fi
 
 have_all || { echo "setup: packages still missing or too old after install" >&2; exit 1; }

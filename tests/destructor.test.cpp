@@ -281,7 +281,7 @@ TEMPLATE_TEST_CASE("destroying a stream whose write timed out puts nothing more 
 
     connection<TestType> c(version, false);
     c.stream->set_io_timeout(300ms);
-    const std::string big(8 * 1024 * 1024, 'x'); // far more than the socket buffers hold; the peer reads nothing
+    const std::string big(std::size_t{8} * 1024 * 1024, 'x'); // far more than the socket buffers hold; the peer reads nothing
     std::error_code ec;
     c.stream->write_all(support::bytes(big), ec);
     REQUIRE(ec == tls::errc::timeout);

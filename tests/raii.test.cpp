@@ -132,7 +132,7 @@ TEMPLATE_TEST_CASE("a move-constructed tls_stream carries the connection; the mo
     CHECK(moved.socket().native_handle() == fd);
     CHECK(echo(moved, s.peer, "through the new stream") == "through the new stream");
 
-    CHECK(source.native_handle() == nullptr);
+    CHECK(source.native_handle() == nullptr); // NOLINT(bugprone-use-after-move): checks the moved-from state
     if constexpr (std::is_same_v<typename TestType::socket_type, tls::unique_socket>)
         CHECK(source.socket().native_handle() == -1);
 
@@ -152,10 +152,10 @@ TEMPLATE_TEST_CASE("a move-constructed tls_stream carries the connection; the mo
     CHECK(ec == tls::errc::not_connected);
     source.accept(ec);
     CHECK(ec == tls::errc::not_connected);
-    CHECK_FALSE(std::move(source).release_socket(ec).has_value());
+    CHECK_FALSE(std::move(source).release_socket(ec).has_value()); // NOLINT(bugprone-use-after-move): checks the moved-from state
     CHECK(ec == tls::errc::not_connected);
 
-    CHECK(thrown_code([&] { source.read_some(buf); }) == tls::errc::not_connected);
+    CHECK(thrown_code([&] { source.read_some(buf); }) == tls::errc::not_connected); // NOLINT(bugprone-use-after-move): checks the moved-from state
     CHECK(thrown_code([&] { source.write_all(bytes("x")); }) == tls::errc::not_connected);
     CHECK(thrown_code([&] { source.shutdown(); }) == tls::errc::not_connected);
 
@@ -221,7 +221,7 @@ TEMPLATE_TEST_CASE("move-assignment closes the target's connection by its policy
 
     CHECK(a.native_handle() == ssl_b);
     CHECK(a.socket().native_handle() == fd2);
-    CHECK(b.native_handle() == nullptr);
+    CHECK(b.native_handle() == nullptr); // NOLINT(bugprone-use-after-move): checks the moved-from state
     CHECK(echo(a, peer2, "peer 2 through a") == "peer 2 through a");
     CHECK(peer2.alerts().empty());
 
@@ -353,11 +353,11 @@ TEST_CASE("unique_socket move-assignment closes the target's descriptor; move-co
     target = std::move(source);
     CHECK(peer_closed(one.b.native_handle()));
     CHECK(target.native_handle() == fd2);
-    CHECK(source.native_handle() == -1);
+    CHECK(source.native_handle() == -1); // NOLINT(bugprone-use-after-move): checks the moved-from state
 
     tls::unique_socket moved(std::move(target));
     CHECK(moved.native_handle() == fd2);
-    CHECK(target.native_handle() == -1);
+    CHECK(target.native_handle() == -1); // NOLINT(bugprone-use-after-move): checks the moved-from state
     CHECK_FALSE(peer_closed(two.b.native_handle()));
 }
 
@@ -445,13 +445,13 @@ TEST_CASE("context adopts an SSL_CTX*: same handle, freed exactly once; a null p
         {
             tls::context first{raw};
             tls::context second(std::move(first));
-            CHECK(first.native_handle() == nullptr);
+            CHECK(first.native_handle() == nullptr); // NOLINT(bugprone-use-after-move): checks the moved-from state
             CHECK_FALSE(first);
             CHECK(second.native_handle() == raw);
             tls::context third = tls::context::client();
             third = std::move(second); // frees the client context, not `raw`
             CHECK(third.native_handle() == raw);
-            CHECK(second.native_handle() == nullptr);
+            CHECK(second.native_handle() == nullptr); // NOLINT(bugprone-use-after-move): checks the moved-from state
             CHECK(frees == 0);
         }
         CHECK(frees == 1);

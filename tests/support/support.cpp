@@ -199,15 +199,14 @@ std::string raw_peer::read_some(std::size_t max, ending& how)
     ERR_clear_error();
     if (err == SSL_ERROR_ZERO_RETURN)
         how = ending::close_notify;
-    else if (err == SSL_ERROR_SSL && ERR_GET_REASON(code) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
+    else if ((err == SSL_ERROR_SSL && ERR_GET_REASON(code) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
+             || (err == SSL_ERROR_SYSCALL && saved_errno == 0)) // OpenSSL 3.0's form, or the older one
         how = ending::unexpected_eof;
     else if (err == SSL_ERROR_SYSCALL && saved_errno == ECONNRESET)
         how = ending::reset;
     else if ((err == SSL_ERROR_WANT_READ || err == SSL_ERROR_SYSCALL)
              && (saved_errno == EAGAIN || saved_errno == EWOULDBLOCK))
         how = ending::timeout;
-    else if (err == SSL_ERROR_SYSCALL && saved_errno == 0)
-        how = ending::unexpected_eof;
     else
         how = ending::error;
     return {};

@@ -138,7 +138,8 @@ private:
 class peer_thread {
 public:
     template <class F>
-    explicit peer_thread(F&& f)
+    // peer_thread has no move constructor that this could hide.
+    explicit peer_thread(F&& f) // NOLINT(bugprone-forwarding-reference-overload)
         : thread_([this, fn = std::forward<F>(f)]() mutable {
               try {
                   block_sigpipe();
@@ -310,7 +311,7 @@ std::string ping_pong(Stream& s, raw_peer& peer)
         peer.write("pong");
     });
     s.write_all(bytes("ping"));
-    const std::string pong = read_exactly(s, 4);
+    std::string pong = read_exactly(s, 4);
     t.join();
     return pong;
 }

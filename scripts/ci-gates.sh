@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Quality gates, each in its own build directory under build/, each fatal:
+#   asan      clang++, AddressSanitizer + UndefinedBehaviorSanitizer (+ LeakSanitizer),
+#             UB aborts (-fno-sanitize-recover=all); the whole test suite
+#   valgrind  g++ build, the whole test suite under memcheck: no error, no leak
+#   soak      10 000 connections, descriptors and heap must not grow (same g++ build)
+#   format    clang-format --dry-run --Werror against .clang-format
+#   tidy      clang-tidy with .clang-tidy over every translation unit
+#   fuzz      the libFuzzer target for a bounded time ($FUZZ_SECONDS, default 60)
+# Usage: scripts/ci-gates.sh [gate...]   (default: all, in the order above)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --ci
+
+fuzz_seconds=${FUZZ_SECONDS:-60}
+jobs=${JOBS:-2}
+# The consumer tests build projects with the system compiler; they say
+# nothing about the library's memory safety, and the plain test run covers them.
+library_suites=(--no-suite consumers)
+
+setup_dir() { # setup_dir DIR [meson args...]: configure, or apply the options to an existing DIR
+    local dir=$1
+    shift
+    if [ -f "$dir/build.ninja" ]; then
+        meson setup --reconfigure "$dir" "$@" >/dev/null
+    else
+        meson setup "$dir" "$@"
+    fi
+}
+
+gate_asan() {
+    CXX=clang++ setup_dir build/asan -Dwerror=true -Dtests=enabled \
+        -Db_sanitize=address,undefined -Db_lundef=false -Dcpp_args=-fno-sanitize-recover=all
+    meson compile -C build/asan -j "$jobs"
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:halt_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1 \
+    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+        meson test -C build/asan --print-errorlogs --timeout-multiplier 3 "${library_suites[@]}"
+}
+
+gate_valgrind() {
+    CXX=g++ setup_dir build/valgrind -Dwerror=true -Dtests=enabled
+    meson compile -C build/valgrind -j "$jobs"
+    # definite and indirect leaks are errors; "possibly lost" and "still
+    # reachable" are OpenSSL's process-lifetime tables and Catch2's registry.
+    local vg=(timeout 3600 valgrind --quiet --error-exitcode=99 --leak-check=full
+        --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect)
+    "${vg[@]}" build/valgrind/tests/odr_test
+    # The Catch2 suite in $jobs shards side by side (memcheck runs one thread at a time).
+    local i pids=() failed=0
+    for ((i = 0; i < jobs; i++)); do
+        "${vg[@]}" build/valgrind/tests/tls_stream_tests '~[soak]' --shard-count "$jobs" --shard-index "$i" \
+            >"build/valgrind/memcheck-$i.log" 2>&1 &
+        pids+=($!)
+    done
+    for ((i = 0; i < jobs; i++)); do
+        if ! wait "${pids[$i]}"; then
+            failed=1
+            echo "valgrind: shard $i failed:" >&2
+            cat "build/valgrind/memcheck-$i.log" >&2
+        else
+            tail -n 2 "build/valgrind/memcheck-$i.log"
+        fi
+    done
+    return $failed
+}
+
+gate_soak() {
+    CXX=g++ setup_dir build/valgrind -Dwerror=true -Dtests=enabled
+    meson compile -C build/valgrind -j "$jobs"
+    meson test -C build/valgrind --print-errorlogs --setup full --suite soak --verbose
+}
+
+# Files that still have to be run through clang-format once (listed in
+# .clang-format-pending, one path per line); every other file is checked.
+gate_format() {
+    local pending=() files=() f
+    [ -f .clang-format-pending ] && mapfile -t pending < <(grep -v '^#' .clang-format-pending | grep .)
+    while IFS= read -r f; do
+        case " ${pending[*]} " in *" $f "*) ;; *) files+=("$f") ;; esac
+    done < <(git ls-files -- 'include/*.hpp' 'tests/*.cpp' 'tests/*.hpp' 'examples/*.cpp' 'examples/*.hpp' 'bench/*.cpp' 'bench/*.hpp')
+    [ ${#pending[@]} -eq 0 ] || echo "format: ${#pending[@]} files listed in .clang-format-pending are not checked"
+    clang-format --dry-run --Werror "${files[@]}"
+    echo "format: ${#files[@]} files formatted as .clang-format says"
+}
+
+gate_tidy() {
+    # Only the compilation databases are needed: configure, do not build.
+    CXX=clang++ setup_dir build/tidy -Dtests=enabled -Dfuzz=enabled
+    local files
+    files=$(python3 -c '
+import json, os, sys
+db = json.load(open(sys.argv[1]))
+print("\n".join(sorted({os.path.relpath(os.path.join(e["directory"], e["file"])) for e in db})))' \
+        build/tidy/compile_commands.json)
+    # -P: one clang-tidy per core; xargs fails if any of them found something.
+    # ("N warnings generated" counts the suppressed ones in system headers: noise.)
+    echo "$files" | xargs -P "$jobs" -n 1 clang-tidy -p build/tidy --quiet 2> >(grep -v ' warnings\? generated\.$' >&2)
+    echo "tidy: $(echo "$files" | wc -l) translation units clean"
+}
+
+gate_fuzz() {
+    CXX=clang++ setup_dir build/fuzz -Dfuzz=enabled -Dtests=disabled -Dexamples=disabled \
+        -Db_sanitize=address,undefined -Db_lundef=false -Dwerror=true
+    meson compile -C build/fuzz -j "$jobs" tests/fuzz/fuzz_peer
+    local work
+    work=$(mktemp -d)
+    # New inputs go to the temporary directory; the seed corpus stays as it is.
+    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+        build/fuzz/tests/fuzz/fuzz_peer -max_total_time="$fuzz_seconds" -timeout=20 -rss_limit_mb=2048 \
+        -print_final_stats=1 -artifact_prefix=build/fuzz/ "$work" tests/fuzz/corpus ||
+        { rm -rf "$work"; echo "fuzz: failed; the input is in build/fuzz/ (crash-*, leak-*, timeout-*)" >&2; return 1; }
+    rm -rf "$work"
+}
+
+gates=("$@")
+[ ${#gates[@]} -gt 0 ] || gates=(asan valgrind soak format tidy fuzz)
+summary=()
+for g in "${gates[@]}"; do
+    declare -F "gate_$g" >/dev/null || { echo "ci-gates: unknown gate '$g'" >&2; exit 2; }
+    echo "=== gate $g"
+    start=$SECONDS
+    "gate_$g"
+    summary+=("$g: passed in $((SECONDS - start)) s")
+    echo "=== gate $g passed in $((SECONDS - start)) s"
+done
+printf '%s\n' "=== all gates passed:" "${summary[@]}"

@@ -1,0 +1,294 @@
+// libFuzzer target: an adversarial peer. The first input byte picks our role,
+// the closing policy and the scenario (see fuzz::config); the rest is either
+// the peer's raw bytes while a tls_stream handshakes, or, after a real
+// handshake, a script of peer actions (data, close_notify, raw bytes,
+// KeyUpdate / renegotiation, tickets). Then the tls_stream reads to the end,
+// maybe writes, and closes by its policy (shutdown() or the destructor).
+//
+// Checked on every input, besides what ASan/UBSan/LeakSanitizer catch:
+// - every call returns within its deadline (plus a generous slack),
+// - no exception other than std::system_error leaves a throwing call, and
+//   nothing escapes the destructor (it is noexcept: that would terminate),
+// - our calls leave nothing on the thread's OpenSSL error queue.
+#include <tls_stream.hpp>
+
+#include "examples/self_signed.hpp"
+#include "peer.hpp"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <optional>
+#include <span>
+#include <system_error>
+#include <thread>
+
+namespace {
+
+using namespace std::chrono_literals;
+using clock_type = std::chrono::steady_clock;
+
+// Deadlines for our stream: short, so that a silent peer costs little.
+constexpr std::chrono::milliseconds io_timeout{50};
+constexpr std::chrono::milliseconds shutdown_timeout{50};
+// A call that takes longer than its deadline plus this has hung.
+constexpr std::chrono::milliseconds slack{3000};
+
+struct contexts {
+    self_signed::credentials creds;
+    std::optional<tls::context> our_client, our_server;
+    SSL_CTX* peer_server[2] = {};
+    SSL_CTX* peer_client[2] = {};
+
+    contexts()
+    {
+        self_signed::generate(creds);
+        our_server.emplace(tls::context::server(creds.chain_file, creds.key_file));
+        our_client.emplace(tls::context::client());
+        our_client->load_verify_file(creds.ca_file);
+        for (int v = 0; v < 2; ++v) {
+            const int version = v ? TLS1_3_VERSION : TLS1_2_VERSION;
+            peer_server[v] = SSL_CTX_new(TLS_server_method());
+            peer_client[v] = SSL_CTX_new(TLS_client_method());
+            for (SSL_CTX* c : {peer_server[v], peer_client[v]}) {
+                SSL_CTX_set_min_proto_version(c, version);
+                SSL_CTX_set_max_proto_version(c, version);
+            }
+            if (SSL_CTX_use_certificate_chain_file(peer_server[v], creds.chain_file.c_str()) != 1
+                || SSL_CTX_use_PrivateKey_file(peer_server[v], creds.key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
+                std::fprintf(stderr, "fuzz: cannot load the peer's certificate\n");
+                std::abort();
+            }
+        }
+    }
+    contexts(const contexts&) = delete;
+    contexts& operator=(const contexts&) = delete;
+    ~contexts()
+    {
+        for (SSL_CTX* c : peer_server)
+            SSL_CTX_free(c);
+        for (SSL_CTX* c : peer_client)
+            SSL_CTX_free(c);
+    }
+};
+
+contexts& ctxs()
+{
+    static contexts c;
+    return c;
+}
+
+[[noreturn]] void fail(const char* what)
+{
+    std::fprintf(stderr, "fuzz: %s\n", what);
+    std::abort();
+}
+
+/// Runs `f`, failing if it takes longer than `limit` + slack.
+template <class F>
+void bounded(std::chrono::milliseconds limit, const char* what, F&& f)
+{
+    const auto start = clock_type::now();
+    f();
+    if (clock_type::now() - start > limit + slack)
+        fail(what);
+}
+
+void check_error_queue(const char* after)
+{
+    if (ERR_peek_error() != 0) {
+        std::fprintf(stderr, "fuzz: OpenSSL error queue not empty after %s:\n", after);
+        ERR_print_errors_fp(stderr);
+        std::abort();
+    }
+}
+
+/// A small cursor over the script.
+struct reader {
+    const std::uint8_t* p;
+    std::size_t n;
+    bool empty() const { return n == 0; }
+    std::uint8_t byte()
+    {
+        if (n == 0)
+            return 0;
+        --n;
+        return *p++;
+    }
+    std::span<const std::uint8_t> bytes(std::size_t want)
+    {
+        const std::size_t k = want < n ? want : n;
+        std::span<const std::uint8_t> out(p, k);
+        p += k;
+        n -= k;
+        return out;
+    }
+};
+
+/// The peer's side after a real handshake: plays the script, then ends the transport.
+void play_script(fuzz::peer& peer, reader in, bool tls13, bool peer_is_server)
+{
+    int actions = 0;
+    while (!in.empty() && actions++ < 64) {
+        ERR_clear_error();
+        switch (in.byte() % fuzz::op_count) {
+        case fuzz::op_data: {
+            const auto d = in.bytes(in.byte());
+            std::size_t written = 0;
+            if (!d.empty())
+                SSL_write_ex(peer.ssl(), d.data(), d.size(), &written);
+            break;
+        }
+        case fuzz::op_close_notify: SSL_shutdown(peer.ssl()); break;
+        case fuzz::op_raw: {
+            peer.flush();
+            const auto d = in.bytes(in.byte());
+            peer.raw(d.data(), d.size());
+            break;
+        }
+        case fuzz::op_key_update:
+            if (tls13)
+                SSL_key_update(peer.ssl(), SSL_KEY_UPDATE_REQUESTED);
+            else
+                SSL_renegotiate(peer.ssl());
+            SSL_do_handshake(peer.ssl());
+            break;
+        case fuzz::op_ticket:
+            if (tls13 && peer_is_server) {
+                SSL_new_session_ticket(peer.ssl());
+                SSL_do_handshake(peer.ssl());
+            }
+            break;
+        default: break;
+        }
+        peer.flush();
+    }
+    ERR_clear_error();
+}
+
+template <class Policy>
+void run(const fuzz::config& cfg, const std::uint8_t* data, std::size_t size)
+{
+    int fds[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0)
+        fail("socketpair");
+    tls::unique_socket ours{fds[0]};
+    int peer_fd = fds[1];
+    contexts& c = ctxs();
+    const bool peer_is_server = !cfg.our_role_server;
+
+    {
+        // optional: so that the destructor runs where its duration is measured.
+        std::optional<tls::tls_stream<tls::unique_socket, Policy>> s;
+        s.emplace(cfg.our_role_server ? *c.our_server : *c.our_client, std::move(ours));
+        s->set_io_timeout(io_timeout);
+        s->set_shutdown_timeout(shutdown_timeout);
+        std::error_code ec;
+        const auto raw_handshake = [&] {
+            bounded(io_timeout, "handshake past its deadline", [&] {
+                if (cfg.our_role_server)
+                    s->accept(ec);
+                else
+                    s->connect(ec);
+            });
+        };
+
+        std::optional<fuzz::peer> peer;
+        if (cfg.real_handshake) {
+            SSL_CTX* pctx = peer_is_server ? c.peer_server[cfg.tls13] : c.peer_client[cfg.tls13];
+            peer.emplace(pctx, peer_fd, peer_is_server);
+            bool peer_ok = false;
+            // A real handshake may take long under the sanitizers: its own,
+            // longer deadline; the short one applies from then on.
+            s->set_io_timeout(2s);
+            std::thread t([&] { peer_ok = peer->handshake(2s); });
+            bounded(2s, "handshake past its deadline", [&] {
+                if (cfg.our_role_server)
+                    s->accept(ec);
+                else
+                    s->connect("localhost", ec);
+            });
+            t.join();
+            s->set_io_timeout(io_timeout);
+            ERR_clear_error(); // the peer ran on another thread; this clears nothing of ours
+            if (peer_ok)
+                play_script(*peer, reader{data, size}, cfg.tls13, peer_is_server);
+        } else {
+            // The peer's bytes are all on the wire before we start.
+            std::size_t off = 0;
+            while (off < size) {
+                const ssize_t n = ::send(peer_fd, data + off, size - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+                if (n <= 0)
+                    break;
+                off += static_cast<std::size_t>(n);
+            }
+        }
+        // The peer ends the transport: half-close (it could still read) or close.
+        if (cfg.peer_closes) {
+            ::close(peer_fd);
+            peer_fd = -1;
+        } else {
+            ::shutdown(peer_fd, SHUT_WR);
+        }
+
+        if (!cfg.real_handshake)
+            raw_handshake();
+        check_error_queue("the handshake");
+
+        if (!ec) {
+            if (cfg.close_write_first) {
+                bounded(shutdown_timeout, "close_write past its deadline", [&] { s->close_write(ec); });
+                check_error_queue("close_write");
+            }
+            std::byte buf[4096];
+            for (int i = 0; i < 64; ++i) {
+                std::size_t n = 0;
+                bounded(io_timeout, "read_some past its deadline", [&] {
+                    // Alternate the overloads: the throwing one may throw only std::system_error.
+                    if (i % 2) {
+                        n = s->read_some(buf, ec);
+                    } else {
+                        try {
+                            n = s->read_some(buf);
+                        } catch (const std::system_error& e) {
+                            ec = e.code();
+                        }
+                    }
+                });
+                check_error_queue("read_some");
+                if (n == 0 || ec)
+                    break;
+            }
+            const std::byte reply[] = {std::byte{'o'}, std::byte{'k'}};
+            bounded(io_timeout, "write_some past its deadline", [&] { s->write_some(reply, ec); });
+            check_error_queue("write_some");
+        }
+        if (cfg.explicit_shutdown) {
+            bounded(shutdown_timeout, "shutdown past its deadline", [&] { s->shutdown(ec); });
+            check_error_queue("shutdown");
+        }
+        bounded(shutdown_timeout, "the destructor past its deadline", [&] { s.reset(); });
+    }
+    if (peer_fd >= 0)
+        ::close(peer_fd);
+}
+
+} // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size)
+{
+    if (size == 0)
+        return 0;
+    const fuzz::config cfg = fuzz::config::from(data[0]);
+    switch (cfg.policy) {
+    case 0: run<tls::fast_shutdown>(cfg, data + 1, size - 1); break;
+    case 1: run<tls::quiet_shutdown>(cfg, data + 1, size - 1); break;
+    default: run<tls::full_shutdown>(cfg, data + 1, size - 1); break;
+    }
+    check_error_queue("the destructor");
+    return 0;
+}
