@@ -88,7 +88,8 @@ SSL_CTX* make_ctx(bool server, const self_signed::credentials& creds)
 {
     SSL_CTX* ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
     check(ctx != nullptr, "SSL_CTX_new");
-    check(SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) == 1 && SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) == 1,
+    check(SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) == 1
+              && SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) == 1,
           "TLS 1.3 only");
     check(SSL_CTX_set_ciphersuites(ctx, "TLS_AES_256_GCM_SHA384") == 1, "SSL_CTX_set_ciphersuites");
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
@@ -191,7 +192,7 @@ struct tls_factory {
     public:
         end(tls_factory& f, bool server, int fd)
             : s_(std::make_unique<tls::tls_stream<tls::unique_socket, Policy>>(server ? f.e.tls_server : f.e.tls_client,
-                                                                                tls::unique_socket{fd}))
+                                                                               tls::unique_socket{fd}))
         {
         }
         void handshake(bool client) { client ? s_->connect() : s_->accept(); }
@@ -289,7 +290,10 @@ struct asio_factory {
         {
             s_.next_layer().assign(f.protocol, fd);
         }
-        void handshake(bool client) { s_.handshake(client ? asio::ssl::stream_base::client : asio::ssl::stream_base::server); }
+        void handshake(bool client)
+        {
+            s_.handshake(client ? asio::ssl::stream_base::client : asio::ssl::stream_base::server);
+        }
         std::size_t read_some(std::byte* p, std::size_t n)
         {
             asio::error_code ec;
@@ -413,9 +417,9 @@ private:
 };
 
 struct sample {
-    double wall = 0;                // seconds, of the measured phase
-    double cpu = 0;                 // process CPU seconds, of the measured phase
-    std::vector<double> close_us;   // churn: each client close, microseconds
+    double wall = 0;              // seconds, of the measured phase
+    double cpu = 0;               // process CPU seconds, of the measured phase
+    std::vector<double> close_us; // churn: each client close, microseconds
 };
 
 constexpr std::size_t bulk_write = 16 * 1024;
@@ -664,7 +668,8 @@ void time_tables(env& e, const options& o)
                 "of each run's figure. Close = the client's close by the policy until its socket is closed, in µs. "
                 "Asio: full is its `shutdown()`; quiet is its destructor (sends nothing); it has no fast close.\n\n",
                 o.churn, o.runs);
-    std::printf("| transport | policy | implementation | connections/s | CPU µs/connection | close p50 µs | close p99 µs |\n");
+    std::printf(
+        "| transport | policy | implementation | connections/s | CPU µs/connection | close p50 µs | close p99 µs |\n");
     std::printf("|---|---|---|---|---|---|---|\n");
     for (bool tcp : {false, true}) {
         for (policy p : {policy::fast, policy::quiet, policy::full}) {
@@ -684,7 +689,8 @@ void time_tables(env& e, const options& o)
             double p50[4] = {};
             for (impl i : all_impls) {
                 if (i == impl::asio && p == policy::fast) {
-                    std::printf("| %s | %s | %s | n/a | n/a | n/a | n/a |\n", transport_name(tcp), name_of(p), label_of(i));
+                    std::printf("| %s | %s | %s | n/a | n/a | n/a | n/a |\n", transport_name(tcp), name_of(p),
+                                label_of(i));
                     continue;
                 }
                 const auto x = static_cast<int>(i);
@@ -743,7 +749,7 @@ std::string read_all(const std::string& path)
 
 struct counter_tools {
     std::string dir;
-    bool perf = false;   // perf stat -e raw_syscalls:sys_enter works here
+    bool perf = false; // perf stat -e raw_syscalls:sys_enter works here
 };
 
 std::vector<std::string> one_args(impl i, workload w, bool tcp, std::size_t units, policy p)
@@ -830,7 +836,8 @@ void count_tables(const options& o)
                 t.perf ? "perf stat -e raw_syscalls:sys_enter" : "strace -f", mib_small >> 20, mib_big >> 20, rt_small,
                 rt_big, conn_small, conn_big);
     std::printf("| transport | implementation | instructions/MiB | syscalls/MiB | instructions/round trip | "
-                "syscalls/round trip | instructions/connection fast · quiet · full | syscalls/connection fast · quiet · full |\n");
+                "syscalls/round trip | instructions/connection fast · quiet · full | syscalls/connection fast · quiet "
+                "· full |\n");
     std::printf("|---|---|---|---|---|---|---|---|\n");
     for (bool tcp : {false, true}) {
         per_unit m[4][2] = {};
@@ -870,9 +877,10 @@ void count_tables(const options& o)
 
 int usage()
 {
-    std::fprintf(stderr, "usage: tls_bench time [--quick] [--runs N] [--title TEXT]\n"
-                         "       tls_bench counts [--quick]\n"
-                         "       tls_bench one tls_stream|raw|raw_ra|asio bulk|rtt|churn unix|tcp UNITS [fast|quiet|full]\n");
+    std::fprintf(stderr,
+                 "usage: tls_bench time [--quick] [--runs N] [--title TEXT]\n"
+                 "       tls_bench counts [--quick]\n"
+                 "       tls_bench one tls_stream|raw|raw_ra|asio bulk|rtt|churn unix|tcp UNITS [fast|quiet|full]\n");
     return 2;
 }
 
@@ -918,7 +926,9 @@ int main(int argc, char** argv)
                 found = true;
             }
         const workload w = args[2] == "bulk" ? workload::bulk : args[2] == "rtt" ? workload::rtt : workload::churn;
-        const policy p = args.size() < 6 || args[5] == "full" ? policy::full : args[5] == "fast" ? policy::fast : policy::quiet;
+        const policy p = args.size() < 6 || args[5] == "full" ? policy::full
+                         : args[5] == "fast"                  ? policy::fast
+                                                              : policy::quiet;
         if (!found || (args[3] != "unix" && args[3] != "tcp"))
             return usage();
         env e;

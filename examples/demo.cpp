@@ -68,9 +68,9 @@ void serve_one(const tls::context& ctx, tls::unique_socket sock, std::string& sa
         s.write_all(std::span(buf, n), ec);
     while (!ec && (n = s.read_some(buf, ec)) > 0) {
     }
-    saw = !ec                                  ? "close_notify: a clean end"
+    saw = !ec                                 ? "close_notify: a clean end"
           : ec == tls::errc::stream_truncated ? "no close_notify: truncated"
-                                               : "error: " + ec.message();
+                                              : "error: " + ec.message();
 }
 
 struct outcome {
@@ -134,8 +134,8 @@ try {
     auto report = [&](const char* name, const outcome& o, bool expect_sent, bool expect_received) {
         std::printf("%-7s %-19s %-30s %-28s %.3f ms\n", name, yes_no(o.wire.close_notify_sent),
                     yes_no(o.wire.close_notify_received), o.server_saw.c_str(), o.close_ms);
-        as_documented = as_documented && o.wire.close_notify_sent == expect_sent
-                        && o.wire.close_notify_received == expect_received;
+        as_documented =
+            as_documented && o.wire.close_notify_sent == expect_sent && o.wire.close_notify_received == expect_received;
     };
     report("fast", run<tls::fast_shutdown>(server_ctx, client_ctx), true, false);
     report("quiet", run<tls::quiet_shutdown>(server_ctx, client_ctx), false, false);

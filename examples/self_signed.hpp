@@ -22,10 +22,10 @@
 namespace self_signed {
 
 struct credentials {
-    std::filesystem::path dir;   // private temporary directory holding the files
-    std::string ca_file;         // PEM: the authority, to pass to load_verify_file
-    std::string chain_file;      // PEM: server certificate, then the authority
-    std::string key_file;        // PEM: the server's private key
+    std::filesystem::path dir; // private temporary directory holding the files
+    std::string ca_file;       // PEM: the authority, to pass to load_verify_file
+    std::string chain_file;    // PEM: server certificate, then the authority
+    std::string key_file;      // PEM: the server's private key
 
     credentials() = default;
     credentials(const credentials&) = delete;
@@ -82,7 +82,8 @@ inline x509_ptr new_cert(EVP_PKEY* key, const char* common_name, X509* issuer, E
     X509_gmtime_adj(X509_getm_notAfter(cert.get()), 7L * 24 * 3600);
     X509_set_pubkey(cert.get(), key);
     X509_NAME* name = X509_get_subject_name(cert.get());
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(common_name), -1, -1, 0);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(common_name), -1, -1,
+                               0);
     X509* signer = issuer ? issuer : cert.get();
     X509_set_issuer_name(cert.get(), X509_get_subject_name(signer));
     if (issuer) {
@@ -127,9 +128,8 @@ inline void generate(credentials& out)
     out.chain_file = (out.dir / "chain.pem").string();
     out.key_file = (out.dir / "key.pem").string();
     detail::write_pem(out.ca_file, [&](FILE* f) { return PEM_write_X509(f, ca.get()) == 1; });
-    detail::write_pem(out.chain_file, [&](FILE* f) {
-        return PEM_write_X509(f, leaf.get()) == 1 && PEM_write_X509(f, ca.get()) == 1;
-    });
+    detail::write_pem(out.chain_file,
+                      [&](FILE* f) { return PEM_write_X509(f, leaf.get()) == 1 && PEM_write_X509(f, ca.get()) == 1; });
     detail::write_pem(out.key_file, [&](FILE* f) {
         return PEM_write_PrivateKey(f, key.get(), nullptr, nullptr, 0, nullptr, nullptr) == 1;
     });

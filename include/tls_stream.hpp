@@ -13,10 +13,10 @@
 #include <openssl/x509v3.h>
 
 #include <arpa/inet.h>
-#include <poll.h>
 #include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -116,7 +116,8 @@ inline std::error_code make_error_code(errc e) noexcept { return {static_cast<in
 } // namespace tls
 
 template <>
-struct std::is_error_code_enum<tls::errc> : std::true_type {};
+struct std::is_error_code_enum<tls::errc> : std::true_type {
+};
 
 namespace tls {
 namespace detail {
@@ -195,7 +196,8 @@ public:
         std::error_code ec;
         context c = server(cert_chain_file, key_file, ec);
         if (ec)
-            detail::throw_error(ec, ("tls::context::server(\"" + cert_chain_file + "\", \"" + key_file + "\")").c_str());
+            detail::throw_error(ec,
+                                ("tls::context::server(\"" + cert_chain_file + "\", \"" + key_file + "\")").c_str());
         return c;
     }
     static context server(const std::string& cert_chain_file, const std::string& key_file, std::error_code& ec)
@@ -277,10 +279,13 @@ private:
 // ---------------------------------------------------------------- sockets
 
 /// Anything with `native_handle()` giving a connected socket descriptor.
+// clang-format 14 mangles requires-expressions.
+// clang-format off
 template <class S>
 concept socket_like = std::is_nothrow_move_constructible_v<S> && requires(const S& s) {
     { s.native_handle() } -> std::convertible_to<int>;
 };
+// clang-format on
 
 /// A borrowed descriptor: never closes it.
 class fd_socket {
@@ -344,9 +349,9 @@ struct transport {
     // No deadline pending: let recv()/send() block in the kernel instead of
     // paying for MSG_DONTWAIT + EAGAIN + poll on every record.
     bool may_block = false;
-    bool eof = false;       // the peer ended the transport (FIN, or RST)
-    int last_errno = 0;     // errno of the last failing send/recv
-    std::size_t begin = 0;  // unconsumed ciphertext is buf[begin, end)
+    bool eof = false;      // the peer ended the transport (FIN, or RST)
+    int last_errno = 0;    // errno of the last failing send/recv
+    std::size_t begin = 0; // unconsumed ciphertext is buf[begin, end)
     std::size_t end = 0;
     std::unique_ptr<std::byte[]> buf{new std::byte[read_ahead_capacity]};
     // Framing of what OpenSSL was given: it never gets a byte past the end
@@ -469,6 +474,8 @@ inline int transport_destroy(BIO* bio) noexcept
     return 1;
 }
 
+// clang-format 14 would write deleter<& BIO_meth_free>.
+// clang-format off
 inline const BIO_METHOD* transport_method()
 {
     static const std::unique_ptr<BIO_METHOD, deleter<&BIO_meth_free>> method = [] {
@@ -484,6 +491,7 @@ inline const BIO_METHOD* transport_method()
     }();
     return method.get();
 }
+// clang-format on
 
 using steady = std::chrono::steady_clock;
 using deadline = std::optional<steady::time_point>;
@@ -541,12 +549,15 @@ struct full_shutdown {
     static constexpr std::chrono::milliseconds timeout{3000};
 };
 
+// clang-format 14 mangles requires-expressions.
+// clang-format off
 template <class P>
 concept shutdown_policy = requires {
     { P::mode } -> std::convertible_to<close_mode>;
     { P::timeout } -> std::convertible_to<std::chrono::milliseconds>;
 } && (std::chrono::milliseconds(P::timeout).count() >= 0);
 
+// clang-format on
 /// What `shutdown()` achieved on the wire.
 enum class shutdown_result {
     none,     ///< nothing was put on the wire (error, or no connection to close)
@@ -593,9 +604,8 @@ public:
     tls_stream(tls_stream&& other) noexcept
         : sock_(std::move(other.sock_)), ssl_(std::move(other.ssl_)), t_(std::exchange(other.t_, nullptr)),
           phase_(std::exchange(other.phase_, phase::empty)), sent_cn_(other.sent_cn_), got_cn_(other.got_cn_),
-          peer_ended_(other.peer_ended_),
-          io_timeout_(other.io_timeout_), shutdown_timeout_(other.shutdown_timeout_), error_(other.error_),
-          result_(other.result_)
+          peer_ended_(other.peer_ended_), io_timeout_(other.io_timeout_), shutdown_timeout_(other.shutdown_timeout_),
+          error_(other.error_), result_(other.result_)
     {
     }
 
@@ -648,10 +658,12 @@ public:
             return;
         const std::string name(host);
         in6_addr addr{};
-        const bool is_ip = inet_pton(AF_INET, name.c_str(), &addr) == 1 || inet_pton(AF_INET6, name.c_str(), &addr) == 1;
+        const bool is_ip =
+            inet_pton(AF_INET, name.c_str(), &addr) == 1 || inet_pton(AF_INET6, name.c_str(), &addr) == 1;
         ERR_clear_error();
         const int ok = is_ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl_.get()), name.c_str())
-                             : SSL_set_tlsext_host_name(ssl_.get(), name.c_str()) == 1 && SSL_set1_host(ssl_.get(), name.c_str()) == 1;
+                             : SSL_set_tlsext_host_name(ssl_.get(), name.c_str()) == 1
+                                   && SSL_set1_host(ssl_.get(), name.c_str()) == 1;
         if (ok != 1) {
             fail(detail::take_openssl_error(), ec);
             return;
@@ -799,8 +811,10 @@ public:
         ec.clear();
         switch (phase_) {
         case phase::open: break;
-        case phase::finished: ec = error_; return result_;
-        case phase::failed: ec = error_; return result_; // none, unless a close failed
+        case phase::finished: // the close's outcome again
+        case phase::failed:   // the fatal error; none, unless it was a close that failed
+            ec = error_;
+            return result_;
         default: ec = unusable_error(); return shutdown_result::none;
         }
         result_ = run_policy(ec);
@@ -897,11 +911,11 @@ public:
 
 private:
     enum class phase : unsigned char {
-        empty,     // moved-from or released: no SSL
-        fresh,     // no handshake yet (or one that did not complete: see failed)
-        open,      // handshake done, no fatal error, shutdown() not run
-        failed,    // a fatal error was seen: nothing more goes on the wire
-        finished,  // shutdown() ran
+        empty,    // moved-from or released: no SSL
+        fresh,    // no handshake yet (or one that did not complete: see failed)
+        open,     // handshake done, no fatal error, shutdown() not run
+        failed,   // a fatal error was seen: nothing more goes on the wire
+        finished, // shutdown() ran
     };
     enum class op_status { done, eof, failed };
 
@@ -973,7 +987,7 @@ private:
         ec.clear();
         if (phase_ == phase::fresh)
             return true;
-        ec = phase_ == phase::empty ? make_error_code(errc::not_connected)
+        ec = phase_ == phase::empty    ? make_error_code(errc::not_connected)
              : phase_ == phase::failed ? error_
                                        : make_error_code(errc::already_connected);
         return false;
@@ -1099,9 +1113,12 @@ private:
                 // Fast does not wait for the peer: whether its answer happened
                 // to be among what was consumed is timing, not an outcome.
                 consume_arrived();
+                // Not complete: shutdown() then ends our sending side, which
+                // pushes. Complete: our answer leaves now, and the socket
+                // stays open for release_socket().
                 if (!answering)
-                    return shutdown_result::sent; // shutdown() then ends our sending side, which pushes
-                push_unsent(); // our answer leaves now; the socket stays open (release_socket)
+                    return shutdown_result::sent;
+                push_unsent();
                 return shutdown_result::complete;
             }
         }
@@ -1209,11 +1226,9 @@ private:
     }
 
     // Out of line: inlined into the destructor of a std::optional holding
-    // a stream, g++ 12 -O2 misreports phase_ as maybe-uninitialized.
-#if defined(__GNUC__) && !defined(__clang__)
-    [[gnu::noinline]]
-#endif
-    void close_on_destruction() noexcept
+    // a stream, g++ 12 -O2 misreports phase_ as maybe-uninitialized (and
+    // -Werror builds of user code would fail).
+    [[gnu::noinline]] void close_on_destruction() noexcept
     {
         if (phase_ == phase::open) {
             std::error_code ignored;
@@ -1238,7 +1253,8 @@ private:
             const auto code = static_cast<unsigned long>(static_cast<unsigned int>(ec.value()));
             const long verify = SSL_get_verify_result(ssl_.get());
             if (ERR_GET_REASON(code) == SSL_R_CERTIFICATE_VERIFY_FAILED && verify != X509_V_OK)
-                detail::throw_error(ec, (std::string(what) + " (" + X509_verify_cert_error_string(verify) + ")").c_str());
+                detail::throw_error(ec,
+                                    (std::string(what) + " (" + X509_verify_cert_error_string(verify) + ")").c_str());
         }
         detail::throw_error(ec, what);
     }
@@ -1249,12 +1265,12 @@ private:
     std::unique_ptr<SSL, detail::deleter<&SSL_free>> ssl_;
     detail::transport* t_ = nullptr; // owned by the BIO, which the SSL owns
     phase phase_ = phase::fresh;
-    bool sent_cn_ = false; // our close_notify is on the wire
-    bool got_cn_ = false;  // the peer's close_notify was received
+    bool sent_cn_ = false;    // our close_notify is on the wire
+    bool got_cn_ = false;     // the peer's close_notify was received
     bool peer_ended_ = false; // the transport ended without it, and that was accepted
     std::chrono::milliseconds io_timeout_{0};
     std::chrono::milliseconds shutdown_timeout_{Policy::timeout};
-    std::error_code error_;  // the fatal error (failed) or the close's outcome (finished)
+    std::error_code error_; // the fatal error (failed) or the close's outcome (finished)
     shutdown_result result_ = shutdown_result::none;
 };
 

@@ -70,15 +70,9 @@ gate_soak() {
     meson test -C build/valgrind --print-errorlogs --setup full --suite soak --verbose
 }
 
-# Files that still have to be run through clang-format once (listed in
-# .clang-format-pending, one path per line); every other file is checked.
 gate_format() {
-    local pending=() files=() f
-    [ -f .clang-format-pending ] && mapfile -t pending < <(grep -v '^#' .clang-format-pending | grep .)
-    while IFS= read -r f; do
-        case " ${pending[*]} " in *" $f "*) ;; *) files+=("$f") ;; esac
-    done < <(git ls-files -- 'include/*.hpp' 'tests/*.cpp' 'tests/*.hpp' 'examples/*.cpp' 'examples/*.hpp' 'bench/*.cpp' 'bench/*.hpp')
-    [ ${#pending[@]} -eq 0 ] || echo "format: ${#pending[@]} files listed in .clang-format-pending are not checked"
+    local files
+    mapfile -t files < <(git ls-files -- 'include/*.hpp' 'tests/*.cpp' 'tests/*.hpp' 'examples/*.cpp' 'examples/*.hpp' 'bench/*.cpp' 'bench/*.hpp')
     clang-format --dry-run --Werror "${files[@]}"
     echo "format: ${#files[@]} files formatted as .clang-format says"
 }

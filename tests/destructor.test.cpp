@@ -12,8 +12,8 @@
 
 #include <chrono>
 #include <cstddef>
-#include <optional>
 #include <exception>
+#include <optional>
 #include <string>
 #include <system_error>
 #include <type_traits>
@@ -106,8 +106,8 @@ TEMPLATE_TEST_CASE("destroying a moved-from stream does nothing and the moved-to
 
 // ---------------------------------------------------------------- handshake never completed
 
-TEMPLATE_TEST_CASE("destroying a stream that never ran its handshake puts no byte on the wire", "[scenario-12][destructor]",
-                   tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
+TEMPLATE_TEST_CASE("destroying a stream that never ran its handshake puts no byte on the wire",
+                   "[scenario-12][destructor]", tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     const bool tcp = GENERATE(true, false);
@@ -176,8 +176,8 @@ TEMPLATE_TEST_CASE("destroying a stream whose handshake failed sends no close_no
     CHECK(left == 0); // no "shutdown while in init"
 }
 
-TEMPLATE_TEST_CASE("destroying a stream whose handshake timed out puts nothing more on the wire", "[scenario-12][destructor]",
-                   tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
+TEMPLATE_TEST_CASE("destroying a stream whose handshake timed out puts nothing more on the wire",
+                   "[scenario-12][destructor]", tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     const bool tcp = GENERATE(true, false);
@@ -207,8 +207,8 @@ TEMPLATE_TEST_CASE("destroying a stream whose handshake timed out puts nothing m
 
 // ---------------------------------------------------------------- a fatal error was seen
 
-TEMPLATE_TEST_CASE("destroying a stream that saw a fatal error puts nothing more on the wire", "[scenario-13][destructor]",
-                   tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
+TEMPLATE_TEST_CASE("destroying a stream that saw a fatal error puts nothing more on the wire",
+                   "[scenario-13][destructor]", tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     const bool tcp = GENERATE(true, false);
@@ -281,7 +281,8 @@ TEMPLATE_TEST_CASE("destroying a stream whose write timed out puts nothing more 
 
     connection<TestType> c(version, false);
     c.stream->set_io_timeout(300ms);
-    const std::string big(std::size_t{8} * 1024 * 1024, 'x'); // far more than the socket buffers hold; the peer reads nothing
+    const std::string big(std::size_t{8} * 1024 * 1024,
+                          'x'); // far more than the socket buffers hold; the peer reads nothing
     std::error_code ec;
     c.stream->write_all(support::bytes(big), ec);
     REQUIRE(ec == tls::errc::timeout);
@@ -405,7 +406,8 @@ TEMPLATE_TEST_CASE("destroying an open stream runs its policy and leaves the err
     support::check_peer_saw_closure(TestType::mode, how, c.peer);
 }
 
-TEST_CASE("destroying an open full-policy stream swallows a truncated close and returns promptly", "[scenario-7][destructor]")
+TEST_CASE("destroying an open full-policy stream swallows a truncated close and returns promptly",
+          "[scenario-7][destructor]")
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     const bool tcp = GENERATE(true, false);

@@ -93,10 +93,10 @@ void send_garbage(int fd)
 
 // Exit codes of the forked writer.
 enum child_exit : int {
-    child_ok = 0,               // EPIPE/ECONNRESET (system_category), SIGPIPE disposition untouched
-    child_wrong_error = 10,     // failed with some other error
-    child_never_failed = 11,    // every write "succeeded"
-    child_exception = 12,       // something threw
+    child_ok = 0,            // EPIPE/ECONNRESET (system_category), SIGPIPE disposition untouched
+    child_wrong_error = 10,  // failed with some other error
+    child_never_failed = 11, // every write "succeeded"
+    child_exception = 12,    // something threw
     child_disposition_changed = 13,
 };
 
@@ -123,15 +123,15 @@ enum child_exit : int {
             std::error_code ec;
             s.stream->write_some(bytes(chunk), ec);
             if (ec) {
-                const bool expected = ec.category() == std::system_category()
-                                      && (ec.value() == EPIPE || ec.value() == ECONNRESET);
+                const bool expected =
+                    ec.category() == std::system_category() && (ec.value() == EPIPE || ec.value() == ECONNRESET);
                 code = expected ? child_ok : child_wrong_error;
                 report = std::string(ec.category().name()) + ":" + std::to_string(ec.value()) + " (" + ec.message()
                          + ") after " + std::to_string(i) + " writes";
                 break;
             }
         }
-        struct sigaction now{};
+        struct sigaction now {};
         if (::sigaction(SIGPIPE, nullptr, &now) != 0 || now.sa_handler != SIG_DFL) {
             code = child_disposition_changed;
             report += "; SIGPIPE disposition changed";
@@ -155,7 +155,7 @@ enum child_exit : int {
 
 TEST_CASE("tls::errc values make error codes that compare equal to them, with distinct messages", "[errors]")
 {
-    const tls::errc all[] = {tls::errc::stream_truncated, tls::errc::timeout,  tls::errc::not_connected,
+    const tls::errc all[] = {tls::errc::stream_truncated,  tls::errc::timeout, tls::errc::not_connected,
                              tls::errc::already_connected, tls::errc::closed,  tls::errc::not_closed};
     std::set<std::string> messages;
     for (const tls::errc e : all) {
@@ -206,8 +206,7 @@ TEST_CASE("a hostname mismatch fails the handshake with 'certificate verify fail
     CHECK(out.verify_result == X509_V_ERR_HOSTNAME_MISMATCH);
 }
 
-TEST_CASE("the error_code overload of connect reports a hostname mismatch and leaves the error queue empty",
-          "[errors]")
+TEST_CASE("the error_code overload of connect reports a hostname mismatch and leaves the error queue empty", "[errors]")
 {
     const tls::context ctx = support::client_context();
     std::error_code ec;
@@ -282,7 +281,8 @@ TEST_CASE("connect() without a host skips the hostname check and SNI but still v
 
 // ---------------------------------------------------------------- truncation
 
-TEST_CASE("a transport that ends without close_notify is stream_truncated, never EOF, and stays failed", "[scenario-5][errors]")
+TEST_CASE("a transport that ends without close_notify is stream_truncated, never EOF, and stays failed",
+          "[scenario-5][errors]")
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     const bool reset = GENERATE(false, true);
@@ -379,7 +379,8 @@ TEST_CASE("after truncation the destructor of a stream puts nothing on the wire"
 
 // ---------------------------------------------------------------- dead peer, SIGPIPE
 
-TEST_CASE("writing to a peer that is gone returns EPIPE or ECONNRESET and never raises SIGPIPE", "[scenario-14][errors]")
+TEST_CASE("writing to a peer that is gone returns EPIPE or ECONNRESET and never raises SIGPIPE",
+          "[scenario-14][errors]")
 {
     const bool tcp = GENERATE(true, false);
     CAPTURE(tcp);
@@ -437,7 +438,7 @@ TEST_CASE("writing to a peer that is gone returns EPIPE or ECONNRESET and never 
 
 TEST_CASE("using tls_stream, including its failures, leaves the process's SIGPIPE disposition untouched", "[errors]")
 {
-    struct sigaction before{};
+    struct sigaction before {};
     REQUIRE(::sigaction(SIGPIPE, nullptr, &before) == 0);
     {
         session<tls::full_shutdown> s;
@@ -458,7 +459,7 @@ TEST_CASE("using tls_stream, including its failures, leaves the process's SIGPIP
         s.stream->read_some(buf, ec);
         CHECK(ec == tls::errc::stream_truncated);
     }
-    struct sigaction after{};
+    struct sigaction after {};
     REQUIRE(::sigaction(SIGPIPE, nullptr, &after) == 0);
     CHECK(after.sa_handler == before.sa_handler);
     CHECK(after.sa_flags == before.sa_flags);
@@ -576,7 +577,8 @@ TEST_CASE("a failed call turned into an error_code leaves the OpenSSL error queu
     }
 }
 
-TEST_CASE("a failed stream, alive or destroyed, does not disturb a healthy stream on the same thread", "[scenario-22][errors]")
+TEST_CASE("a failed stream, alive or destroyed, does not disturb a healthy stream on the same thread",
+          "[scenario-22][errors]")
 {
     session<> healthy;
     session<> broken;

@@ -29,9 +29,17 @@ support::listening_process start_gnutls_serv(int version)
     const auto& c = support::credentials();
     return support::start_listening(
         [&](int port) {
-            return std::vector<std::string>{"gnutls-serv", "--echo", "--x509certfile", c.chain_file,
-                                            "--x509keyfile", c.key_file, "-p", std::to_string(port),
-                                            gnutls_priority(version), "-d", "5"};
+            return std::vector<std::string>{"gnutls-serv",
+                                            "--echo",
+                                            "--x509certfile",
+                                            c.chain_file,
+                                            "--x509keyfile",
+                                            c.key_file,
+                                            "-p",
+                                            std::to_string(port),
+                                            gnutls_priority(version),
+                                            "-d",
+                                            "5"};
         },
         // It binds IPv4 first: "...done" or "...bind() failed: Address already in use".
         "...done", "failed", soon());
@@ -39,9 +47,9 @@ support::listening_process start_gnutls_serv(int version)
 
 std::unique_ptr<support::process> start_gnutls_cli(int version, int port)
 {
-    return std::make_unique<support::process>(std::vector<std::string>{
-        "gnutls-cli", "--x509cafile", support::credentials().ca_file, "-p", std::to_string(port),
-        gnutls_priority(version), "-d", "5", "127.0.0.1"});
+    return std::make_unique<support::process>(
+        std::vector<std::string>{"gnutls-cli", "--x509cafile", support::credentials().ca_file, "-p",
+                                 std::to_string(port), gnutls_priority(version), "-d", "5", "127.0.0.1"});
 }
 
 // A tls_stream server that accepted gnutls-cli, read its line (typed on its
@@ -100,8 +108,8 @@ TEMPLATE_TEST_CASE("gnutls-serv sees exactly the closure of the client's policy"
     CHECK_FALSE(contains(srv.server->output(), *seen == 0u ? unclean_end : got_close_notify));
 }
 
-TEMPLATE_TEST_CASE("gnutls-cli sees exactly the closure of the server's policy, and never answers",
-                   "[interop][gnutls]", TLS_STREAM_INTEROP_POLICIES)
+TEMPLATE_TEST_CASE("gnutls-cli sees exactly the closure of the server's policy, and never answers", "[interop][gnutls]",
+                   TLS_STREAM_INTEROP_POLICIES)
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     CAPTURE(policy_name<TestType>(), dotted(version));

@@ -18,7 +18,8 @@ namespace {
 // -msg's line for a close_notify alert received (<<<) or sent (>>>).
 std::string close_notify_line(bool received, int version)
 {
-    return std::string(received ? "<<< " : ">>> ") + msg_version(version) + ", Alert [length 0002], warning close_notify";
+    return std::string(received ? "<<< " : ">>> ") + msg_version(version)
+           + ", Alert [length 0002], warning close_notify";
 }
 
 std::string alerts_of(const support::process& p)
@@ -29,8 +30,13 @@ std::string alerts_of(const support::process& p)
 // Arguments that make a tool verify our certificate like a real client.
 std::vector<std::string> verifying_client_args()
 {
-    return {"-CAfile", support::credentials().ca_file, "-verify_return_error", "-verify_hostname", "localhost",
-            "-servername", "localhost"};
+    return {"-CAfile",
+            support::credentials().ca_file,
+            "-verify_return_error",
+            "-verify_hostname",
+            "localhost",
+            "-servername",
+            "localhost"};
 }
 
 struct s_server {
@@ -42,9 +48,9 @@ struct s_server {
 s_server start_s_server(int version)
 {
     const auto& c = support::credentials();
-    auto p = std::make_unique<support::process>(std::vector<std::string>{
-        "openssl", "s_server", "-accept", "127.0.0.1:0", "-cert", c.chain_file, "-key", c.key_file,
-        openssl_flag(version), "-naccept", "1", "-msg"});
+    auto p = std::make_unique<support::process>(
+        std::vector<std::string>{"openssl", "s_server", "-accept", "127.0.0.1:0", "-cert", c.chain_file, "-key",
+                                 c.key_file, openssl_flag(version), "-naccept", "1", "-msg"});
     const auto port = p->wait_for_line("ACCEPT 127.0.0.1:", soon());
     support::ensure(port.has_value(), "s_server did not start:\n" + p->output());
     return {std::move(p), std::stoi(*port)};
@@ -68,8 +74,8 @@ std::unique_ptr<stream<Policy>> exchange_with(s_server& srv, int version)
 
 std::unique_ptr<support::process> start_s_client(int version, int port)
 {
-    std::vector<std::string> argv = {"openssl", "s_client", "-connect", "127.0.0.1:" + std::to_string(port),
-                                     openssl_flag(version), "-msg"};
+    std::vector<std::string> argv = {
+        "openssl", "s_client", "-connect", "127.0.0.1:" + std::to_string(port), openssl_flag(version), "-msg"};
     for (auto& a : verifying_client_args())
         argv.push_back(a);
     return std::make_unique<support::process>(argv);

@@ -99,8 +99,7 @@ TEMPLATE_TEST_CASE("a strict Python peer reads the closure of each policy, and f
     CHECK(p.peer->wait(patience).value_or(-1) == 0);
 }
 
-TEST_CASE("full ends promptly, not confirmed, when a strict Python peer closes without answering",
-          "[interop][python]")
+TEST_CASE("full ends promptly, not confirmed, when a strict Python peer closes without answering", "[interop][python]")
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     const role ours = GENERATE(role::client, role::server);

@@ -176,7 +176,10 @@ struct side_outcome {
 
 constexpr int small_rounds = 64;
 
-std::string small_message(int round) { return pattern(static_cast<std::size_t>(round) + 1, 1000 + static_cast<std::uint64_t>(round)); }
+std::string small_message(int round)
+{
+    return pattern(static_cast<std::size_t>(round) + 1, 1000 + static_cast<std::uint64_t>(round));
+}
 
 // --------------------------------------------------------------- blocking vs non-blocking
 
@@ -440,9 +443,9 @@ TEST_CASE("a non-blocking fd behaves like a blocking one: the same exchange and 
         bool nonblocking;
         std::chrono::milliseconds timeout;
     };
-    for (const mode m : {mode{"blocking fd, 5 s io timeout", false, 5000ms},
-                         mode{"non-blocking fd, no io timeout", true, 0ms},
-                         mode{"non-blocking fd, 5 s io timeout", true, 5000ms}}) {
+    for (const mode m :
+         {mode{"blocking fd, 5 s io timeout", false, 5000ms}, mode{"non-blocking fd, no io timeout", true, 0ms},
+          mode{"non-blocking fd, 5 s io timeout", true, 5000ms}}) {
         INFO(m.name);
         const exchange_outcome out = run_exchange(tcp, version, m.nonblocking, m.timeout);
         CHECK(out.we_received_mismatch == baseline.we_received_mismatch);
@@ -553,9 +556,9 @@ TEST_CASE("after close_write the peer sees our close_notify, read_some receives 
     std::error_code write_all_ec;
     std::error_code write_all_thrown;
     {
-        tls::tls_stream<tls::fd_socket, tls::full_shutdown> s(
-            we_are_client ? support::client_context(version) : support::server_context(version),
-            tls::fd_socket{pair.a.native_handle()});
+        tls::tls_stream<tls::fd_socket, tls::full_shutdown> s(we_are_client ? support::client_context(version)
+                                                                            : support::server_context(version),
+                                                              tls::fd_socket{pair.a.native_handle()});
         s.set_io_timeout(5s);
         if (we_are_client)
             s.connect();
@@ -715,8 +718,8 @@ TEST_CASE("release_socket hands back the plaintext that arrived in the same segm
     }
     SECTION("owned unique_socket: the returned socket still owns the fd and closes it")
     {
-        const endtls_outcome out
-            = run_endtls<tls::unique_socket>(tcp, version, how, plaintext_arrives::with_close_notify);
+        const endtls_outcome out =
+            run_endtls<tls::unique_socket>(tcp, version, how, plaintext_arrives::with_close_notify);
         check_endtls(out, how); // the peer saw EOF, so destroying the returned socket closed the fd
         CHECK_FALSE(out.unread.empty());
         CHECK(difference(out.unread + out.from_fd, plaintext) == "");

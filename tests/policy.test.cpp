@@ -56,9 +56,9 @@ struct connection : support::session<stream<Policy>> {
 /// close_notify and then stays silent with its socket open.
 struct silent_close {
     ms elapsed{};
-    std::error_code ec;                                  // shutdown(ec) only
+    std::error_code ec;                                       // shutdown(ec) only
     tls::shutdown_result result = tls::shutdown_result::none; // shutdown(ec) only
-    int flags = 0;                                       // SSL_get_shutdown after shutdown(ec)
+    int flags = 0;                                            // SSL_get_shutdown after shutdown(ec)
     ending peer_saw{};
     int close_notify_received = -1;
 };
@@ -153,7 +153,8 @@ TEMPLATE_TEST_CASE("destroying an open stream puts exactly its policy's closure 
 
 // ---------------------------------------------------------------- fast
 
-TEST_CASE("fast shutdown returns at once without waiting for the peer's close_notify", "[scenario-1][scenario-16][policy]")
+TEST_CASE("fast shutdown returns at once without waiting for the peer's close_notify",
+          "[scenario-1][scenario-16][policy]")
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     const bool tcp = GENERATE(true, false);
@@ -210,7 +211,8 @@ TEST_CASE("full shutdown completes when the peer answers close_notify with its o
     CHECK(c.peer.count_alerts(true, 0) == 1);
 }
 
-TEST_CASE("full shutdown returns errc::timeout after its policy's timeout when the peer is silent", "[scenario-16][policy]")
+TEST_CASE("full shutdown returns errc::timeout after its policy's timeout when the peer is silent",
+          "[scenario-16][policy]")
 {
     const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
     const bool tcp = GENERATE(true, false);

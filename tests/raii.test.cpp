@@ -78,8 +78,7 @@ SSL_CTX* counted_ctx(int& frees)
 // A path under the temporary directory that does not exist (nothing is created).
 std::string missing_file(const char* name)
 {
-    const auto dir = std::filesystem::temp_directory_path()
-                     / ("tls_stream-raii-missing-" + std::to_string(::getpid()));
+    const auto dir = std::filesystem::temp_directory_path() / ("tls_stream-raii-missing-" + std::to_string(::getpid()));
     return (dir / name).string();
 }
 
@@ -152,10 +151,12 @@ TEMPLATE_TEST_CASE("a move-constructed tls_stream carries the connection; the mo
     CHECK(ec == tls::errc::not_connected);
     source.accept(ec);
     CHECK(ec == tls::errc::not_connected);
-    CHECK_FALSE(std::move(source).release_socket(ec).has_value()); // NOLINT(bugprone-use-after-move): checks the moved-from state
+    // NOLINTNEXTLINE(bugprone-use-after-move): checks the moved-from state
+    CHECK_FALSE(std::move(source).release_socket(ec).has_value());
     CHECK(ec == tls::errc::not_connected);
 
-    CHECK(thrown_code([&] { source.read_some(buf); }) == tls::errc::not_connected); // NOLINT(bugprone-use-after-move): checks the moved-from state
+    // NOLINTNEXTLINE(bugprone-use-after-move): checks the moved-from state
+    CHECK(thrown_code([&] { source.read_some(buf); }) == tls::errc::not_connected);
     CHECK(thrown_code([&] { source.write_all(bytes("x")); }) == tls::errc::not_connected);
     CHECK(thrown_code([&] { source.shutdown(); }) == tls::errc::not_connected);
 
@@ -228,7 +229,8 @@ TEMPLATE_TEST_CASE("move-assignment closes the target's connection by its policy
     // Close peer 2's connection cleanly (no 3 s wait under full at the end).
     support::peer_thread closer([&] {
         const auto [rest, how] = peer2.read_to_end();
-        support::ensure(how == support::ending::close_notify, std::string("peer 2 ended by ") + support::to_string(how));
+        support::ensure(how == support::ending::close_notify,
+                        std::string("peer 2 ended by ") + support::to_string(how));
         peer2.shutdown();
     });
     CHECK(a.shutdown() == (full ? tls::shutdown_result::complete : tls::shutdown_result::sent));
@@ -240,10 +242,7 @@ TEST_CASE("a moved-from tls_stream's destructor puts nothing on the wire", "[rai
     session<fd_fast> s;
     std::optional<fd_fast> target;
 
-    SECTION("moved from by construction")
-    {
-        target.emplace(std::move(*s.stream));
-    }
+    SECTION("moved from by construction") { target.emplace(std::move(*s.stream)); }
     SECTION("moved from by assignment")
     {
         support::socket_pair other = support::unix_pair();
@@ -456,14 +455,10 @@ TEST_CASE("context adopts an SSL_CTX*: same handle, freed exactly once; a null p
         }
         CHECK(frees == 1);
     }
-    SECTION("null pointer")
-    {
-        CHECK_THROWS_AS(tls::context{static_cast<SSL_CTX*>(nullptr)}, std::invalid_argument);
-    }
+    SECTION("null pointer") { CHECK_THROWS_AS(tls::context{static_cast<SSL_CTX*>(nullptr)}, std::invalid_argument); }
 }
 
-TEST_CASE("load_verify_file with a missing file throws naming the file; the error_code overload reports it",
-          "[raii]")
+TEST_CASE("load_verify_file with a missing file throws naming the file; the error_code overload reports it", "[raii]")
 {
     const std::string missing = missing_file("ca.pem");
     REQUIRE_FALSE(std::filesystem::exists(missing));

@@ -44,8 +44,7 @@ std::string msg_version(int version) { return "TLS " + dotted(version); }
 
 std::string strict_peer_script() { return TLS_STREAM_INTEROP_DIR "/strict_peer.py"; }
 
-listener::listener()
-    : sock_{checked(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket")}
+listener::listener() : sock_{checked(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket")}
 {
     sockaddr_in addr = loopback(0);
     checked(::bind(sock_.native_handle(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), "bind");

@@ -6,8 +6,8 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
-#include <sys/syscall.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,10 +22,7 @@ namespace support {
 
 namespace {
 
-[[noreturn]] void fail(const std::string& what)
-{
-    throw std::runtime_error(what + ": " + std::strerror(errno));
-}
+[[noreturn]] void fail(const std::string& what) { throw std::runtime_error(what + ": " + std::strerror(errno)); }
 
 void close_fd(int& fd) noexcept
 {
@@ -128,11 +125,12 @@ process::process(std::vector<std::string> argv)
         check_spawn(posix_spawnattr_setpgroup(&s.attr, 0), "setpgroup");
         check_spawn(posix_spawnattr_setsigdefault(&s.attr, &defaults), "setsigdefault");
         check_spawn(posix_spawnattr_setsigmask(&s.attr, &empty), "setsigmask");
-        check_spawn(posix_spawnattr_setflags(&s.attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF |
-                                                          POSIX_SPAWN_SETSIGMASK),
-                    "setflags");
+        check_spawn(
+            posix_spawnattr_setflags(&s.attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK),
+            "setflags");
 
         std::vector<char*> args;
+        args.reserve(argv.size() + 1);
         for (auto& a : argv)
             args.push_back(a.data());
         args.push_back(nullptr);
@@ -235,8 +233,7 @@ void process::read_output() noexcept
 bool process::wait_for_output(std::string_view needle, clock::time_point deadline) const
 {
     std::unique_lock lock(mutex_);
-    changed_.wait_until(lock, deadline,
-                        [&] { return output_ended_ || output_.find(needle) != std::string::npos; });
+    changed_.wait_until(lock, deadline, [&] { return output_ended_ || output_.find(needle) != std::string::npos; });
     return output_.find(needle) != std::string::npos;
 }
 
@@ -335,8 +332,8 @@ int free_port()
     addr.sin_family = AF_INET;
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     socklen_t len = sizeof addr;
-    const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
-                    ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
+    const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0
+                    && ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
     const int saved = errno;
     ::close(fd);
     errno = saved;
@@ -346,8 +343,8 @@ int free_port()
 }
 
 listening_process start_listening(const std::function<std::vector<std::string>(int port)>& make_argv,
-                                  std::string_view ready, std::string_view failed,
-                                  process::clock::time_point deadline, int attempts)
+                                  std::string_view ready, std::string_view failed, process::clock::time_point deadline,
+                                  int attempts)
 {
     std::string last;
     for (int i = 0; i < attempts; ++i) {

@@ -86,8 +86,8 @@ private:
     int output_fd_ = -1;        // read end of the child's stdout + stderr pipe
     int wake_fd_[2] = {-1, -1}; // a pipe that tells the reader thread to stop
 
-    std::mutex stdin_mutex_;    // guards stdin_fd_; never held while output_ is needed
-    mutable std::mutex mutex_;  // guards the output
+    std::mutex stdin_mutex_;   // guards stdin_fd_; never held while output_ is needed
+    mutable std::mutex mutex_; // guards the output
     mutable std::condition_variable changed_;
     std::string output_;
     bool output_ended_ = false;
@@ -115,8 +115,8 @@ struct listening_process {
     int port;
 };
 listening_process start_listening(const std::function<std::vector<std::string>(int port)>& make_argv,
-                                  std::string_view ready, std::string_view failed,
-                                  process::clock::time_point deadline, int attempts = 5);
+                                  std::string_view ready, std::string_view failed, process::clock::time_point deadline,
+                                  int attempts = 5);
 
 } // namespace support
 

@@ -41,8 +41,8 @@ struct socket_pair {
     tls::unique_socket a;
     tls::unique_socket b;
 };
-socket_pair tcp_pair();   // loopback TCP, listener bound to port 0
-socket_pair unix_pair();  // AF_UNIX socketpair
+socket_pair tcp_pair();  // loopback TCP, listener bound to port 0
+socket_pair unix_pair(); // AF_UNIX socketpair
 socket_pair make_pair(bool tcp);
 
 /// Bounds every blocking call on `fd` (raw peers must never hang a test).
@@ -62,18 +62,18 @@ void ensure(bool ok, const std::string& what);
 
 /// One alert as seen by a raw peer's message callback.
 struct alert {
-    bool sent;        // true: the peer sent it; false: the peer received it
-    int level;        // 1 warning, 2 fatal
-    int description;  // 0 close_notify, ...
+    bool sent;       // true: the peer sent it; false: the peer received it
+    int level;       // 1 warning, 2 fatal
+    int description; // 0 close_notify, ...
 };
 
 /// How a raw peer's reading ended.
 enum class ending {
-    close_notify,    // SSL_read reported the clean end (SSL_ERROR_ZERO_RETURN)
-    unexpected_eof,  // the transport ended without close_notify
-    reset,           // ECONNRESET
-    timeout,         // nothing arrived within the socket timeout
-    error,           // any other failure (e.g. a fatal alert)
+    close_notify,   // SSL_read reported the clean end (SSL_ERROR_ZERO_RETURN)
+    unexpected_eof, // the transport ended without close_notify
+    reset,          // ECONNRESET
+    timeout,        // nothing arrived within the socket timeout
+    error,          // any other failure (e.g. a fatal alert)
 };
 
 /// Names for messages and for CHECKs, whose failures then show the name
@@ -91,8 +91,8 @@ public:
     raw_peer& operator=(const raw_peer&) = delete;
     ~raw_peer();
 
-    void accept();   // throws unless it succeeds
-    void connect();  // throws unless it succeeds (no hostname check)
+    void accept();  // throws unless it succeeds
+    void connect(); // throws unless it succeeds (no hostname check)
 
     /// Reads until the stream ends; returns everything read and how it ended.
     std::pair<std::string, ending> read_to_end();
