@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <string>
 
 using namespace std::chrono_literals;
@@ -83,6 +84,8 @@ TEST_CASE("the destructor ends the child's whole process group", "[process]")
         REQUIRE(out.rfind("grandchild ", 0) == 0);
         const pid_t grandchild = std::stoi(out.substr(11));
         grandchild_fd = support::open_pidfd(grandchild);
+        if (grandchild_fd < 0 && errno == ENOSYS) // valgrind 3.19 does not know pidfd_open
+            SKIP("pidfd_open is not available, so a grandchild's end cannot be observed");
         REQUIRE(grandchild_fd >= 0);
         pollfd still_running{grandchild_fd, POLLIN, 0};
         REQUIRE(::poll(&still_running, 1, 0) == 0);

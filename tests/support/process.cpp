@@ -12,8 +12,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
+#include <string>
+#include <string_view>
 #include <utility>
 
 extern char** environ;
@@ -21,6 +24,27 @@ extern char** environ;
 namespace support {
 
 namespace {
+
+// Whether `program` names an executable file, directly (with a '/') or
+// through PATH, as posix_spawnp would find it.
+bool executable_in_path(const std::string& program)
+{
+    if (program.find('/') != std::string::npos)
+        return ::access(program.c_str(), X_OK) == 0;
+    const char* path = std::getenv("PATH");
+    std::string_view dirs = path ? path : "/usr/bin:/bin";
+    for (;;) {
+        const std::size_t colon = dirs.find(':');
+        std::string dir(dirs.substr(0, colon));
+        if (dir.empty())
+            dir = ".";
+        if (::access((dir + "/" + program).c_str(), X_OK) == 0)
+            return true;
+        if (colon == std::string_view::npos)
+            return false;
+        dirs.remove_prefix(colon + 1);
+    }
+}
 
 [[noreturn]] void fail(const std::string& what) { throw std::runtime_error(what + ": " + std::strerror(errno)); }
 
@@ -134,6 +158,12 @@ process::process(std::vector<std::string> argv)
         for (auto& a : argv)
             args.push_back(a.data());
         args.push_back(nullptr);
+        // posix_spawnp reports a missing program only where the C library
+        // can pass the exec failure back (not under valgrind): look first.
+        if (!executable_in_path(argv[0])) {
+            errno = ENOENT;
+            fail("cannot start " + command_);
+        }
         const int r = posix_spawnp(&pid_, args[0], &s.actions, &s.attr, args.data(), environ);
         if (r != 0) {
             pid_ = -1;
@@ -295,7 +325,7 @@ std::optional<int> process::wait(clock::time_point deadline)
     // A pidfd becomes readable when the child exits: no polling loop.
     const int pidfd = open_pidfd(pid_);
     if (pidfd < 0)
-        return std::nullopt;
+        return wait_without_pidfd(deadline);
     for (;;) {
         int status = 0;
         const pid_t r = ::waitpid(pid_, &status, WNOHANG);
@@ -319,6 +349,26 @@ std::optional<int> process::wait(clock::time_point deadline)
     if (status_)
         wait_for_output_end(deadline);
     return status_;
+}
+
+// Without pidfd_open (valgrind 3.19 does not know the system call): the
+// child's exit closes its output, which the reader thread reports; the
+// moment between that and the exit itself is waited out in 1 ms steps.
+std::optional<int> process::wait_without_pidfd(clock::time_point deadline)
+{
+    if (!wait_for_output_end(deadline))
+        return std::nullopt;
+    for (;;) {
+        int status = 0;
+        const pid_t r = ::waitpid(pid_, &status, WNOHANG);
+        if (r == pid_) {
+            status_ = decode_status(status);
+            return status_;
+        }
+        if ((r < 0 && errno != EINTR) || clock::now() >= deadline)
+            return std::nullopt;
+        ::poll(nullptr, 0, 1);
+    }
 }
 
 int open_pidfd(pid_t pid) noexcept { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }

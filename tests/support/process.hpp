@@ -76,6 +76,7 @@ public:
     std::optional<int> wait(std::chrono::milliseconds limit) { return wait(clock::now() + limit); }
 
 private:
+    std::optional<int> wait_without_pidfd(clock::time_point deadline);
     void read_output() noexcept;
     void stop() noexcept;
 
