@@ -38,7 +38,9 @@ bool executable_in_path(const std::string& program)
         std::string dir(dirs.substr(0, colon));
         if (dir.empty())
             dir = ".";
-        if (::access((dir + "/" + program).c_str(), X_OK) == 0)
+        dir += '/';
+        dir += program;
+        if (::access(dir.c_str(), X_OK) == 0)
             return true;
         if (colon == std::string_view::npos)
             return false;
