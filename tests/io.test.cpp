@@ -31,31 +31,14 @@ namespace {
 using namespace std::chrono_literals;
 using support::ending;
 using support::gate;
+using support::pattern;
 using support::read_exactly;
 using support::record_types;
 using support::thrown_code;
+using support::version_name;
 
 constexpr std::size_t KiB = 1024;
 constexpr std::size_t MiB = 1024 * KiB;
-
-const char* version_name(int version) { return version == TLS1_3_VERSION ? "TLS 1.3" : "TLS 1.2"; }
-
-// A deterministic pseudo-random byte pattern (splitmix64), different per seed.
-std::string pattern(std::size_t n, std::uint64_t seed)
-{
-    std::string out(n, '\0');
-    std::uint64_t x = seed * 0x9E3779B97F4A7C15ULL;
-    for (std::size_t i = 0; i < n; i += 8) {
-        x += 0x9E3779B97F4A7C15ULL;
-        std::uint64_t z = x;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-        z ^= z >> 31;
-        for (std::size_t j = 0; j < 8 && i + j < n; ++j)
-            out[i + j] = static_cast<char>((z >> (8 * j)) & 0xff);
-    }
-    return out;
-}
 
 // "" when equal; otherwise where they differ (a 4 MiB dump helps nobody).
 std::string difference(const std::string& got, const std::string& expected)

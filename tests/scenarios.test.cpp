@@ -31,8 +31,10 @@ namespace {
 
 using namespace std::chrono_literals;
 using support::ending;
+using support::pattern;
 using support::role;
 using support::to_string;
+using support::version_name;
 using ms = std::chrono::milliseconds;
 
 template <class Policy>
@@ -44,20 +46,6 @@ struct brief_fast : tls::fast_shutdown {
 struct brief_full : tls::full_shutdown {
     static constexpr std::chrono::milliseconds timeout{300};
 };
-
-const char* version_name(int version) { return version == TLS1_3_VERSION ? "TLS 1.3" : "TLS 1.2"; }
-
-// A deterministic byte pattern, so a lost or reordered byte shows.
-std::string pattern(std::size_t n, unsigned seed)
-{
-    std::string s(n, '\0');
-    unsigned x = seed * 2654435761u + 1;
-    for (char& c : s) {
-        x = x * 1103515245u + 12345u;
-        c = static_cast<char>(x >> 24);
-    }
-    return s;
-}
 
 // CPU time this thread has used.
 std::chrono::nanoseconds thread_cpu()

@@ -26,6 +26,24 @@ const self_signed::credentials& credentials()
     return *instance;
 }
 
+const char* version_name(int version) { return version == TLS1_3_VERSION ? "TLS 1.3" : "TLS 1.2"; }
+
+std::string pattern(std::size_t n, std::uint64_t seed)
+{
+    std::string out(n, '\0');
+    std::uint64_t x = seed * 0x9E3779B97F4A7C15ULL;
+    for (std::size_t i = 0; i < n; i += 8) {
+        x += 0x9E3779B97F4A7C15ULL;
+        std::uint64_t z = x;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        z ^= z >> 31;
+        for (std::size_t j = 0; j < 8 && i + j < n; ++j)
+            out[i + j] = static_cast<char>((z >> (8 * j)) & 0xff);
+    }
+    return out;
+}
+
 void ensure(bool ok, const std::string& what)
 {
     if (!ok)

@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <future>
 #include <mutex>
@@ -55,6 +56,12 @@ void arm_reset(int fd);
 /// The plaintext of `s` as bytes.
 std::span<const std::byte> bytes(std::string_view s);
 std::string text(std::span<const std::byte> b);
+
+/// "TLS 1.2" / "TLS 1.3", for CAPTURE.
+const char* version_name(int version);
+/// A deterministic pseudo-random byte pattern (splitmix64), different per
+/// seed, so that a lost or reordered byte shows.
+std::string pattern(std::size_t n, std::uint64_t seed);
 
 /// Throws std::runtime_error(what) unless ok. Safe on any thread, unlike
 /// Catch2's assertions: peers run on threads and report through peer_thread.
