@@ -562,7 +562,7 @@ concept shutdown_policy = requires {
 enum class shutdown_result {
     none,     ///< nothing was put on the wire (error, or no connection to close)
     quiet,    ///< a quiet close: nothing on the wire, by design
-    sent,     ///< our close_notify went out; the peer's was not received
+    sent,     ///< our close_notify went out; the policy did not receive the peer's (fast never waits for it)
     complete, ///< close_notify both ways: ours sent, the peer's received
 };
 
