@@ -3,7 +3,8 @@
 //
 // SPDX-License-Identifier: MIT
 //
-// Sections: errors, context, sockets, transport (BIO), policies, stream.
+// Sections: errors, context, sockets, transport (BIO), policies, event
+// loops (want, the closer), stream.
 #ifndef TLS_STREAM_HPP
 #define TLS_STREAM_HPP
 
@@ -17,6 +18,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -27,14 +29,17 @@
 #include <concepts>
 #include <cstddef>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <optional>
+#include <set>
 #include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <system_error>
 #include <type_traits>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -241,8 +246,11 @@ public:
     /// (`read_some` returns 0) instead of `errc::stream_truncated`. Off by
     /// default; the same switch as `SSL_OP_IGNORE_UNEXPECTED_EOF`. A stream
     /// can override it with `tls_stream::set_accept_missing_close_notify`.
+    /// On an empty context it does nothing.
     void set_accept_missing_close_notify(bool accept = true) noexcept
     {
+        if (!ctx_)
+            return;
         if (accept)
             SSL_CTX_set_options(ctx_.get(), SSL_OP_IGNORE_UNEXPECTED_EOF);
         else
@@ -278,14 +286,37 @@ private:
 
 // ---------------------------------------------------------------- sockets
 
-/// Anything with `native_handle()` giving a connected socket descriptor.
+/// Anything with `native_handle()` giving a connected socket descriptor
+/// (const or not: Asio's sockets have a non-const one).
 // clang-format 14 mangles requires-expressions.
 // clang-format off
 template <class S>
-concept socket_like = std::is_nothrow_move_constructible_v<S> && requires(const S& s) {
+concept socket_like = std::is_nothrow_move_constructible_v<S> && requires(S& s) {
     { s.native_handle() } -> std::convertible_to<int>;
 };
+
+namespace detail {
+template <class S>
+concept declares_owning = requires { requires S::owns_descriptor; };
+template <class S>
+concept asio_socket = requires(S& s) {
+    typename S::executor_type;
+    typename S::protocol_type;
+    s.is_open();
+    s.close();
+};
+} // namespace detail
 // clang-format on
+
+/// Whether `S` owns its descriptor (closes it when destroyed), so that a
+/// stream over it may hand its close to a `tls::closer`, which then decides
+/// when the descriptor closes. True for `unique_socket`, for Asio's sockets,
+/// and for a type that declares `static constexpr bool owns_descriptor =
+/// true;`; specialise it for a type you cannot change. `fd_socket` only
+/// borrows its descriptor, whose owner may close it at any time: false.
+template <class S>
+struct socket_owns_descriptor : std::bool_constant<detail::declares_owning<S> || detail::asio_socket<S>> {
+};
 
 /// A borrowed descriptor: never closes it.
 class fd_socket {
@@ -300,6 +331,8 @@ private:
 /// An owned descriptor: closes it when destroyed. Move-only.
 class unique_socket {
 public:
+    static constexpr bool owns_descriptor = true;
+
     unique_socket() noexcept = default;
     explicit unique_socket(int fd) noexcept : fd_(fd) {}
     unique_socket(unique_socket&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
@@ -340,6 +373,18 @@ struct released {
 
 namespace detail {
 
+using steady = std::chrono::steady_clock;
+using deadline = std::optional<steady::time_point>;
+
+// `now + d`, saturating: a timeout too large to add ("practically never")
+// is the furthest representable time, never an overflow into the past.
+inline steady::time_point deadline_after(std::chrono::milliseconds d, steady::time_point now = steady::now()) noexcept
+{
+    if (d > std::chrono::duration_cast<std::chrono::milliseconds>(steady::time_point::max() - now))
+        return steady::time_point::max();
+    return now + d;
+}
+
 // Ciphertext read from the socket ahead of what OpenSSL asked for, so that one
 // recv() usually brings a whole record (or several) instead of header + body.
 inline constexpr std::size_t read_ahead_capacity = std::size_t{64} * 1024;
@@ -351,6 +396,17 @@ struct transport {
     bool may_block = false;
     bool eof = false;      // the peer ended the transport (FIN, or RST)
     int last_errno = 0;    // errno of the last failing send/recv
+    // Set while a deadline is pending: no new recv() starts past it, so a
+    // peer that never stops sending cannot hold an OpenSSL call (that
+    // consumes session tickets, say) beyond the deadline.
+    deadline until{};
+    // Writes that must not reach the wire are swallowed (reported as sent):
+    // everything after our close_notify, everything during a quiet close,
+    // and, unless a missing close_notify is accepted, OpenSSL's own fatal
+    // alert after the peer ended the transport (a truncation: nothing more).
+    bool muted = false;
+    bool mute_after_eof = true;
+    bool write_blocked = false; // the last send() found no room
     std::size_t begin = 0; // unconsumed ciphertext is buf[begin, end)
     std::size_t end = 0;
     std::unique_ptr<std::byte[]> buf{new std::byte[read_ahead_capacity]};
@@ -400,6 +456,10 @@ inline int transport_read(BIO* bio, char* out, std::size_t len, std::size_t* got
     if (t->begin == t->end) {
         if (t->eof)
             return 0;
+        if (t->until && steady::now() >= *t->until) [[unlikely]] {
+            BIO_set_retry_read(bio);
+            return 0;
+        }
         ssize_t n;
         do
             n = ::recv(t->fd, out, std::min(len, read_ahead_capacity), t->may_block ? 0 : MSG_DONTWAIT);
@@ -434,6 +494,10 @@ inline int transport_write(BIO* bio, const char* in, std::size_t len, std::size_
 {
     auto* t = static_cast<transport*>(BIO_get_data(bio));
     BIO_clear_retry_flags(bio);
+    if (t->muted || (t->eof && t->mute_after_eof)) [[unlikely]] {
+        *put = len;
+        return 1;
+    }
     *put = 0;
     ssize_t n;
     // MSG_NOSIGNAL: a peer that is gone gives EPIPE, never SIGPIPE.
@@ -441,9 +505,10 @@ inline int transport_write(BIO* bio, const char* in, std::size_t len, std::size_
         n = ::send(t->fd, in, len, MSG_NOSIGNAL | (t->may_block ? 0 : MSG_DONTWAIT));
     while (n < 0 && errno == EINTR);
     if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            t->write_blocked = true;
             BIO_set_retry_write(bio);
-        else
+        } else
             t->last_errno = errno;
         return 0;
     }
@@ -492,11 +557,6 @@ inline const BIO_METHOD* transport_method()
     return method.get();
 }
 // clang-format on
-
-using steady = std::chrono::steady_clock;
-using deadline = std::optional<steady::time_point>;
-
-inline deadline deadline_after(std::chrono::milliseconds d) noexcept { return steady::now() + d; }
 
 // Waits until the fd is ready for `events` or the deadline passes. Without a
 // deadline it waits for as long as it takes.
@@ -566,14 +626,212 @@ enum class shutdown_result {
     complete, ///< close_notify both ways: ours sent, the peer's received
 };
 
+template <socket_like Socket, shutdown_policy Policy = full_shutdown>
+class tls_stream;
+
+// ---------------------------------------------------------------- event loops
+
+/// What a non-blocking step needs before it can go on.
+enum class want {
+    nothing, ///< the step finished (its error_code says how)
+    read,    ///< call again once the descriptor is readable
+    write,   ///< call again once the descriptor is writable
+};
+
+namespace detail {
+
+inline short poll_events(want w) noexcept { return w == want::write ? POLLOUT : POLLIN; }
+
+// A close handed to a closer: one step at a time, never waiting.
+class close_job {
+public:
+    close_job() = default;
+    close_job(const close_job&) = delete;
+    close_job& operator=(const close_job&) = delete;
+    virtual ~close_job() = default;
+    // Advances the close without waiting; want::nothing once it has ended.
+    virtual want step() noexcept = 0;
+    // Call step() again by then even if the descriptor is not ready: the
+    // close's deadline, or sooner while a lingering close watches its send queue.
+    virtual steady::time_point wake_time() const noexcept = 0;
+    virtual int fd() const noexcept = 0;
+    // The fallback when the closer cannot watch the descriptor: close here.
+    virtual void finish_blocking() noexcept = 0;
+
+    want waiting = want::nothing;
+    steady::time_point wake{};
+};
+
+// The stream itself, moved out of its destructor, is the job: its own
+// close step and deadline go on unchanged.
+template <class Stream>
+class stream_close_job final : public close_job {
+public:
+    explicit stream_close_job(Stream&& s) noexcept : stream_(std::move(s)) { stream_.st_.bound = nullptr; }
+    want step() noexcept override { return stream_.close_step(); }
+    steady::time_point wake_time() const noexcept override { return stream_.close_wake(); }
+    int fd() const noexcept override { return stream_.t_->fd; }
+    void finish_blocking() noexcept override { stream_.finish_close(); }
+
+private:
+    Stream stream_;
+};
+
+} // namespace detail
+
+/// A lingering-close service for an event loop: the closes of streams bound
+/// to it with `close_via()` finish here, by their policy, within their own
+/// deadlines, interleaved, while the loop goes on. Watch `native_handle()`
+/// for readability and wake at `next_deadline()`, then call `run_ready()`.
+/// Not thread-safe: one closer per loop. It must outlive the streams bound
+/// to it.
+class closer {
+public:
+    /// Throws `std::system_error` if the kernel refuses an epoll instance.
+    closer() : epfd_(::epoll_create1(EPOLL_CLOEXEC))
+    {
+        if (epfd_ < 0)
+            detail::throw_error({errno, std::system_category()}, "tls::closer");
+    }
+    closer(const closer&) = delete;
+    closer& operator=(const closer&) = delete;
+
+    /// Finishes the closes still in progress, each within its own deadline.
+    ~closer()
+    {
+        run_for(std::chrono::milliseconds::max());
+        ::close(epfd_);
+    }
+
+    /// One descriptor for the loop: readable when a socket of a close in
+    /// progress is ready.
+    int native_handle() const noexcept { return epfd_; }
+
+    /// Advances every close that can progress, without waiting; ends those
+    /// past their deadline. Each close gets a bounded share of work per call.
+    void run_ready()
+    {
+        std::vector<detail::close_job*> due;
+        epoll_event events[64];
+        // Bounded: each close is visited at most once per call (level-triggered,
+        // whatever is left is reported again next time).
+        for (std::size_t rounds = jobs_.size() / 64 + 1; rounds > 0; --rounds) {
+            const int n = ::epoll_wait(epfd_, events, 64, 0);
+            for (int i = 0; i < n; ++i)
+                due.push_back(static_cast<detail::close_job*>(events[i].data.ptr));
+            if (n < 64)
+                break;
+        }
+        const auto now = detail::steady::now();
+        for (auto it = timers_.begin(); it != timers_.end() && it->first <= now; ++it)
+            due.push_back(it->second);
+        for (detail::close_job* job : due)
+            if (jobs_.count(job) != 0) // a job listed twice has ended on its first visit
+                advance(job);
+    }
+
+    /// When `run_ready()` must run at the latest (a deadline, or a
+    /// lingering close's next look at its send queue); empty when idle.
+    std::optional<std::chrono::steady_clock::time_point> next_deadline() const noexcept
+    {
+        if (timers_.empty())
+            return std::nullopt;
+        return timers_.begin()->first;
+    }
+
+    /// Closes in progress.
+    std::size_t size() const noexcept { return jobs_.size(); }
+
+    /// Waits and runs until no close is left (true) or `d` has passed (false).
+    bool run_for(std::chrono::milliseconds d)
+    {
+        const auto end = detail::deadline_after(d);
+        while (!jobs_.empty()) {
+            const auto now = detail::steady::now();
+            if (now >= end)
+                return false;
+            detail::wait_ready(epfd_, POLLIN, std::min(end, *next_deadline()));
+            run_ready();
+        }
+        return true;
+    }
+
+private:
+    template <class Stream>
+    friend class detail::stream_close_job;
+    template <socket_like, shutdown_policy>
+    friend class tls_stream;
+
+    // Takes a close that waits for `w`. Never fails: a close it cannot
+    // watch (no memory, the kernel refuses the descriptor) finishes at once
+    // by the blocking close.
+    void adopt(std::unique_ptr<detail::close_job> job, want w) noexcept
+    {
+        detail::close_job* raw = job.get();
+        try {
+            jobs_.emplace(raw, std::move(job));
+        } catch (...) {
+            raw->finish_blocking();
+            delete raw;
+            return;
+        }
+        epoll_event ev{};
+        ev.events = static_cast<std::uint32_t>(w == want::write ? EPOLLOUT : EPOLLIN);
+        ev.data.ptr = raw;
+        if (::epoll_ctl(epfd_, EPOLL_CTL_ADD, raw->fd(), &ev) != 0 || !schedule(raw)) {
+            ::epoll_ctl(epfd_, EPOLL_CTL_DEL, raw->fd(), nullptr);
+            raw->finish_blocking();
+            jobs_.erase(raw);
+            return;
+        }
+        raw->waiting = w;
+    }
+
+    bool schedule(detail::close_job* job) noexcept
+    {
+        job->wake = job->wake_time();
+        try {
+            timers_.emplace(job->wake, job);
+            return true;
+        } catch (...) {
+            return false;
+        }
+    }
+
+    void advance(detail::close_job* job) noexcept
+    {
+        timers_.erase({job->wake, job});
+        const want w = job->step();
+        if (w != want::nothing && w != job->waiting) {
+            epoll_event ev{};
+            ev.events = static_cast<std::uint32_t>(w == want::write ? EPOLLOUT : EPOLLIN);
+            ev.data.ptr = job;
+            if (::epoll_ctl(epfd_, EPOLL_CTL_MOD, job->fd(), &ev) == 0)
+                job->waiting = w;
+        }
+        if (w == want::nothing || !schedule(job)) {
+            ::epoll_ctl(epfd_, EPOLL_CTL_DEL, job->fd(), nullptr);
+            if (w != want::nothing)
+                job->finish_blocking();
+            jobs_.erase(job); // frees the SSL, then closes the socket
+        }
+    }
+
+    int epfd_;
+    std::unordered_map<detail::close_job*, std::unique_ptr<detail::close_job>> jobs_;
+    std::set<std::pair<detail::steady::time_point, detail::close_job*>> timers_;
+};
+
 // ---------------------------------------------------------------- stream
 
 /// A TLS connection over `Socket`, closed by `Policy` when destroyed.
 ///
-/// Blocking calls wait with poll() only when a deadline is set; otherwise
-/// they block in the kernel. Blocking and non-blocking descriptors behave
-/// the same to the caller. No call raises SIGPIPE.
-template <socket_like Socket, shutdown_policy Policy = full_shutdown>
+/// Every operation is a non-blocking step (the `try_*` members) underneath;
+/// the blocking members are the same step plus a wait. Blocking calls wait
+/// with poll() only when a deadline is set; otherwise they block in the
+/// kernel. Blocking and non-blocking descriptors behave the same to the
+/// caller. No call raises SIGPIPE.
+template <socket_like Socket, shutdown_policy Policy>
 class tls_stream {
 public:
     using socket_type = Socket;
@@ -594,6 +852,7 @@ public:
             detail::throw_error(detail::take_openssl_error(), "tls::tls_stream");
         }
         t_ = t.release();
+        t_->mute_after_eof = (SSL_get_options(ssl_.get()) & SSL_OP_IGNORE_UNEXPECTED_EOF) == 0;
         BIO_set_data(bio, t_);
         BIO_set_init(bio, 1);
         SSL_set_bio(ssl_.get(), bio, bio);
@@ -603,9 +862,7 @@ public:
 
     tls_stream(tls_stream&& other) noexcept
         : sock_(std::move(other.sock_)), ssl_(std::move(other.ssl_)), t_(std::exchange(other.t_, nullptr)),
-          phase_(std::exchange(other.phase_, phase::empty)), sent_cn_(other.sent_cn_), got_cn_(other.got_cn_),
-          peer_ended_(other.peer_ended_), io_timeout_(other.io_timeout_), shutdown_timeout_(other.shutdown_timeout_),
-          error_(other.error_), result_(other.result_)
+          st_(std::exchange(other.st_, state{}))
     {
     }
 
@@ -614,18 +871,10 @@ public:
     {
         if (this != &other) {
             close_on_destruction();
-            ssl_.reset();
             sock_ = std::move(other.sock_);
             ssl_ = std::move(other.ssl_);
             t_ = std::exchange(other.t_, nullptr);
-            phase_ = std::exchange(other.phase_, phase::empty);
-            sent_cn_ = other.sent_cn_;
-            got_cn_ = other.got_cn_;
-            peer_ended_ = other.peer_ended_;
-            io_timeout_ = other.io_timeout_;
-            shutdown_timeout_ = other.shutdown_timeout_;
-            error_ = other.error_;
-            result_ = other.result_;
+            st_ = std::exchange(other.st_, state{});
         }
         return *this;
     }
@@ -634,13 +883,17 @@ public:
     tls_stream& operator=(const tls_stream&) = delete;
 
     /// Runs `Policy` if the connection is open (see the README's state
-    /// table), swallows every error, frees the `SSL`. Never throws.
+    /// table), swallows every error, frees the `SSL`. Never throws. Bound
+    /// to a closer (`close_via`), it never waits: what is left of the close
+    /// moves into the closer.
     ~tls_stream() { close_on_destruction(); }
 
     // -- handshake
 
     /// Client handshake with SNI and verification of `host` (a DNS name or
-    /// an IP address; IP addresses are checked but not sent as SNI).
+    /// an IP address; IP addresses are checked but not sent as SNI). A name
+    /// that is empty, longer than 255 bytes or holds a NUL byte is
+    /// `std::errc::invalid_argument`.
     /// @note Calls SSL_connect.
     void connect(std::string_view host)
     {
@@ -650,25 +903,8 @@ public:
     }
     void connect(std::string_view host, std::error_code& ec)
     {
-        if (host.empty()) {
-            ec = std::make_error_code(std::errc::invalid_argument);
-            return;
-        }
-        if (!begin_handshake(ec))
-            return;
-        const std::string name(host);
-        in6_addr addr{};
-        const bool is_ip =
-            inet_pton(AF_INET, name.c_str(), &addr) == 1 || inet_pton(AF_INET6, name.c_str(), &addr) == 1;
-        ERR_clear_error();
-        const int ok = is_ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl_.get()), name.c_str())
-                             : SSL_set_tlsext_host_name(ssl_.get(), name.c_str()) == 1
-                                   && SSL_set1_host(ssl_.get(), name.c_str()) == 1;
-        if (ok != 1) {
-            fail(detail::take_openssl_error(), ec);
-            return;
-        }
-        handshake(true, ec);
+        if (start_handshake(true, &host, ec))
+            handshake(ec);
     }
 
     /// Client handshake without SNI and without any hostname check (the
@@ -681,8 +917,8 @@ public:
     }
     void connect(std::error_code& ec)
     {
-        if (begin_handshake(ec))
-            handshake(true, ec);
+        if (start_handshake(true, nullptr, ec))
+            handshake(ec);
     }
 
     /// Server handshake.
@@ -695,8 +931,8 @@ public:
     }
     void accept(std::error_code& ec)
     {
-        if (begin_handshake(ec))
-            handshake(false, ec);
+        if (start_handshake(false, nullptr, ec))
+            handshake(ec);
     }
 
     // -- data
@@ -716,21 +952,12 @@ public:
     }
     std::size_t read_some(std::span<std::byte> buf, std::error_code& ec)
     {
-        ec.clear();
-        if (phase_ != phase::open) [[unlikely]] {
-            ec = unusable_error();
-            return 0;
-        }
-        if (buf.empty() || got_cn_ || peer_ended_)
+        if (!readable(buf, ec))
             return 0;
         std::size_t n = 0;
         SSL* ssl = ssl_.get();
         const op_status s = drive([&] { return SSL_read_ex(ssl, buf.data(), buf.size(), &n); }, io_deadline(), ec);
-        if (s == op_status::eof)
-            note_end_of_data();
-        else if (s == op_status::failed)
-            fail_unless_timeout(ec);
-        return s == op_status::done ? n : 0;
+        return read_outcome(s, n, ec);
     }
 
     /// Writes some of `buf` (at most one record), waiting if needed.
@@ -782,15 +1009,13 @@ public:
     }
     void close_write(std::error_code& ec)
     {
-        ec.clear();
-        if (phase_ != phase::open) {
-            ec = unusable_error();
-            return;
-        }
-        if (!sent_cn_) {
-            send_close_notify(io_deadline(), ec);
-            if (!ec)
-                push_unsent(); // the half-close should reach the peer now
+        const detail::deadline until = io_deadline();
+        for (;;) {
+            const want w = try_close_write(ec);
+            if (w == want::nothing)
+                return;
+            if ((ec = detail::wait_ready(t_->fd, detail::poll_events(w), until)))
+                return fail(ec, ec);
         }
     }
 
@@ -799,6 +1024,7 @@ public:
     /// frees. A second call does nothing and reports the first outcome.
     /// Errors: `errc::timeout`, `errc::stream_truncated`, the peer's fatal
     /// alert, a socket error; on a stream that already failed, that error.
+    /// @note Calls SSL_shutdown (once) and SSL_read_ex (to drain or consume).
     shutdown_result shutdown()
     {
         std::error_code ec;
@@ -808,48 +1034,36 @@ public:
     }
     shutdown_result shutdown(std::error_code& ec)
     {
-        ec.clear();
-        switch (phase_) {
-        case phase::open: break;
-        case phase::finished: // the close's outcome again
-        case phase::failed:   // the fatal error; none, unless it was a close that failed
-            ec = error_;
-            return result_;
-        default: ec = unusable_error(); return shutdown_result::none;
-        }
-        result_ = run_policy(ec);
-        if (phase_ == phase::open) {
-            phase_ = phase::finished;
-            if (!got_cn_)
-                end_sending();
-        }
-        error_ = ec;
-        ERR_clear_error();
-        return result_;
+        shutdown_result r = shutdown_result::none;
+        if (closable(r, ec))
+            finish_close();
+        return outcome(r, ec);
     }
 
     /// Runtime override of `Policy::timeout`. Throws `std::invalid_argument`
-    /// if negative; 0 means "do not wait at all".
+    /// if negative; 0 means "do not wait at all"; a huge value ("practically
+    /// never", up to `milliseconds::max()`) is fine.
     void set_shutdown_timeout(std::chrono::milliseconds timeout)
     {
         if (timeout.count() < 0)
             throw std::invalid_argument("tls::tls_stream::set_shutdown_timeout: negative timeout");
-        shutdown_timeout_ = timeout;
+        st_.shutdown_timeout = timeout;
     }
-    std::chrono::milliseconds shutdown_timeout() const noexcept { return shutdown_timeout_; }
+    std::chrono::milliseconds shutdown_timeout() const noexcept { return st_.shutdown_timeout; }
 
     /// Deadline for each blocking call (handshake, read, write); 0 = none,
-    /// the default. A read that times out can be retried; a handshake or a
-    /// write that times out leaves the stream failed (the record layer may
-    /// hold half a record), as in Go's crypto/tls. Throws
-    /// `std::invalid_argument` if negative.
+    /// the default; a huge value means "practically never". A read that
+    /// times out can be retried; a handshake or a write that times out
+    /// leaves the stream failed (the record layer may hold half a record),
+    /// as in Go's crypto/tls. The deadline holds against a peer that never
+    /// stops sending. Throws `std::invalid_argument` if negative.
     void set_io_timeout(std::chrono::milliseconds timeout)
     {
         if (timeout.count() < 0)
             throw std::invalid_argument("tls::tls_stream::set_io_timeout: negative timeout");
-        io_timeout_ = timeout;
+        st_.io_timeout = timeout;
     }
-    std::chrono::milliseconds io_timeout() const noexcept { return io_timeout_; }
+    std::chrono::milliseconds io_timeout() const noexcept { return st_.io_timeout; }
 
     /// Per-stream opt-in (overriding the context's): read a transport that
     /// ends without the peer's close_notify as a clean EOF instead of
@@ -865,23 +1079,158 @@ public:
             SSL_set_options(ssl_.get(), SSL_OP_IGNORE_UNEXPECTED_EOF);
         else
             SSL_clear_options(ssl_.get(), SSL_OP_IGNORE_UNEXPECTED_EOF);
+        t_->mute_after_eof = !accept;
     }
     bool accepts_missing_close_notify() const noexcept
     {
         return ssl_ && (SSL_get_options(ssl_.get()) & SSL_OP_IGNORE_UNEXPECTED_EOF) != 0;
     }
 
+    // -- event loops: one non-blocking step each
+    //
+    // want::nothing: the step finished, `ec` says how; want::read / write:
+    // call again once socket().native_handle() is readable / writable.
+    // Never waits, whatever the descriptor's flags. Steps and blocking
+    // calls mix on one stream.
+
+    /// Starts or continues a client handshake (SNI and name check as `connect`).
+    /// @note Calls SSL_connect.
+    [[nodiscard]] want try_connect(std::string_view host, std::error_code& ec)
+    {
+        if (st_.stage == phase::handshaking && st_.client) // continuing: the name is set
+            return handshake_step(ec);
+        return start_handshake(true, &host, ec) ? handshake_step(ec) : want::nothing;
+    }
+    [[nodiscard]] want try_connect(std::error_code& ec)
+    {
+        return start_handshake(true, nullptr, ec) ? handshake_step(ec) : want::nothing;
+    }
+    /// Starts or continues a server handshake.
+    /// @note Calls SSL_accept.
+    [[nodiscard]] want try_accept(std::error_code& ec)
+    {
+        return start_handshake(false, nullptr, ec) ? handshake_step(ec) : want::nothing;
+    }
+
+    /// Reads what has arrived into `buf`: `n` bytes; n == 0 with no error is
+    /// the peer's close_notify (clean EOF), again on every later call.
+    /// After it moved bytes, call again before waiting.
+    /// @note Calls SSL_read_ex.
+    [[nodiscard]] want try_read_some(std::span<std::byte> buf, std::size_t& n, std::error_code& ec)
+    {
+        n = 0;
+        if (!readable(buf, ec))
+            return want::nothing;
+        want w = want::nothing;
+        SSL* ssl = ssl_.get();
+        no_waiting(std::nullopt);
+        const op_status s = step([&] { return SSL_read_ex(ssl, buf.data(), buf.size(), &n); }, w, ec);
+        if (s == op_status::blocked)
+            return w;
+        n = read_outcome(s, n, ec);
+        return want::nothing;
+    }
+
+    /// Writes some of `buf` (at most one record): `n` bytes. After
+    /// want::write (n == 0), call again with the same bytes.
+    /// @note Calls SSL_write_ex.
+    [[nodiscard]] want try_write_some(std::span<const std::byte> buf, std::size_t& n, std::error_code& ec)
+    {
+        n = 0;
+        if (!writable(ec) || buf.empty())
+            return want::nothing;
+        want w = want::nothing;
+        SSL* ssl = ssl_.get();
+        no_waiting(std::nullopt);
+        const op_status s = step([&] { return SSL_write_ex(ssl, buf.data(), buf.size(), &n); }, w, ec);
+        if (s == op_status::blocked)
+            return w;
+        if (s != op_status::done) {
+            if (!ec)
+                ec = errc::closed;
+            fail(ec, ec);
+        }
+        return want::nothing;
+    }
+
+    /// Sends our close_notify (half-close), step by step.
+    /// @note Calls SSL_shutdown.
+    [[nodiscard]] want try_close_write(std::error_code& ec)
+    {
+        ec.clear();
+        if (st_.stage != phase::open) {
+            ec = unusable_error();
+            return want::nothing;
+        }
+        if (st_.sent_cn)
+            return want::nothing;
+        no_waiting(std::nullopt);
+        const want w = send_close_notify(ec);
+        if (ec)
+            fail(ec, ec);
+        else if (w == want::nothing)
+            push_unsent(); // the half-close should reach the peer now
+        return w;
+    }
+
+    /// The policy's close, step by step. The first call fixes
+    /// `shutdown_deadline()`; call again by then at the latest (past it, the
+    /// close ends with `errc::timeout`). With want::nothing, `r` and `ec`
+    /// are what `shutdown()` reports.
+    /// @note Calls SSL_shutdown (once) and SSL_read_ex.
+    [[nodiscard]] want try_shutdown(shutdown_result& r, std::error_code& ec)
+    {
+        r = shutdown_result::none;
+        if (!closable(r, ec))
+            return want::nothing;
+        const want w = close_step();
+        if (w == want::nothing)
+            outcome(r, ec);
+        return w;
+    }
+
+    /// Empty until the close starts (first `try_shutdown`, `shutdown()` or a
+    /// bound destructor), then fixed.
+    std::optional<std::chrono::steady_clock::time_point> shutdown_deadline() const noexcept
+    {
+        return st_.close_deadline;
+    }
+
+    /// Binds this stream to `c`: its destructor then never waits, and hands
+    /// what is left of an open stream's close to `c`. Only for sockets that
+    /// own their descriptor (see `socket_owns_descriptor`). Throws
+    /// `std::logic_error` if already bound, and `std::system_error`
+    /// (`errc::closed` / `errc::not_connected`) on a stream with nothing left
+    /// to close.
+    void close_via(closer& c)
+    {
+        static_assert(socket_owns_descriptor<Socket>::value,
+                      "tls::tls_stream::close_via: the socket type only borrows its descriptor (fd_socket), whose "
+                      "owner may close it at any time; use a socket that owns it (unique_socket, an Asio socket)");
+        if (st_.bound != nullptr)
+            throw std::logic_error("tls::tls_stream::close_via: already bound to a closer");
+        switch (st_.stage) {
+        case phase::fresh:
+        case phase::handshaking:
+        case phase::open: break;
+        default: detail::throw_error(unusable_error(), "tls::tls_stream::close_via");
+        }
+        st_.bound = &c;
+    }
+
     // -- access
 
     SSL* native_handle() const noexcept { return ssl_.get(); }
     const Socket& socket() const noexcept { return sock_; }
+    Socket& socket() noexcept { return sock_; }
 
     /// After a completed bidirectional close (ours sent, the peer's
-    /// received): frees the `SSL` and gives back the socket with every byte
-    /// read past the peer's close_notify. The plaintext that follows is
-    /// `unread`, then the socket. Before that it fails with
-    /// `errc::not_closed` (or `errc::not_connected`) and the stream is left
-    /// as it was.
+    /// received; `shutdown()` reported `complete`, or `close_write()` and a
+    /// `read_some()` of 0 without a `shutdown()`): frees the `SSL` and
+    /// gives back the socket with every byte read past the peer's
+    /// close_notify. The plaintext that follows is `unread`, then the
+    /// socket. Before that it fails with `errc::not_closed` (or
+    /// `errc::not_connected`) and the stream is left as it was.
     released<Socket> release_socket() &&
     {
         std::error_code ec;
@@ -897,67 +1246,88 @@ public:
             ec = errc::not_connected;
             return std::nullopt;
         }
-        if (!sent_cn_ || !got_cn_ || phase_ == phase::failed) {
-            ec = phase_ == phase::failed ? error_ : make_error_code(errc::not_closed);
+        const bool both_ways = st_.sent_cn && st_.got_cn;
+        const bool complete = (st_.stage == phase::finished && st_.result == shutdown_result::complete)
+                              || (st_.stage == phase::open && both_ways);
+        if (!complete) {
+            ec = st_.stage == phase::failed ? st_.error : make_error_code(errc::not_closed);
             return std::nullopt;
         }
         std::vector<std::byte> unread(t_->buf.get() + t_->begin, t_->buf.get() + t_->end);
         ssl_.reset(); // frees the BIO and the transport with it
         t_ = nullptr;
-        phase_ = phase::empty;
+        st_ = state{};
         ERR_clear_error();
         return released<Socket>{std::move(sock_), std::move(unread)};
     }
 
 private:
-    enum class phase : unsigned char {
-        empty,    // moved-from or released: no SSL
-        fresh,    // no handshake yet (or one that did not complete: see failed)
-        open,     // handshake done, no fatal error, shutdown() not run
-        failed,   // a fatal error was seen: nothing more goes on the wire
-        finished, // shutdown() ran
-    };
-    enum class op_status { done, eof, failed };
+    template <class Stream>
+    friend class detail::stream_close_job;
 
-    detail::deadline io_deadline() const noexcept
+    enum class phase : unsigned char {
+        empty,       // moved-from or released: no SSL
+        fresh,       // no handshake yet
+        handshaking, // a handshake started and has not ended
+        open,        // handshake done, no fatal error, no close started
+        closing,     // the policy's close started (try_shutdown) and has not ended
+        failed,      // a fatal error was seen: nothing new goes on the wire
+        finished,    // the close ended
+    };
+    enum class op_status { done, eof, failed, blocked };
+
+    // Everything but the SSL and the socket; a move copies it and leaves
+    // the source empty.
+    struct state {
+        phase stage = phase::empty;
+        bool client = false;      // the handshake's role
+        bool sent_cn = false;     // our close_notify is on the wire
+        bool got_cn = false;      // the peer's close_notify was received
+        bool peer_ended = false;  // the transport ended without it, and that was accepted
+        bool answering = false;   // the peer's close_notify came before ours
+        bool lingering = false;   // fast: waiting for what we wrote to leave the send queue
+        std::chrono::milliseconds io_timeout{0};
+        std::chrono::milliseconds shutdown_timeout{Policy::timeout};
+        detail::deadline close_deadline{};
+        std::error_code error{}; // the fatal error (failed) or the close's outcome (finished)
+        shutdown_result result = shutdown_result::none;
+        closer* bound = nullptr; // close_via()
+    };
+
+    // ------------------------------------------------ engine: one step, never waits
+
+    // One OpenSSL call. `blocked`: it needs `w` first. Error-queue hygiene
+    // lives here: stale entries never change the outcome (they would make
+    // SSL_get_error report SSL_ERROR_SSL), and a failure leaves none behind.
+    template <class Op>
+    op_status step(Op&& op, want& w, std::error_code& ec)
     {
-        if (io_timeout_.count() == 0)
-            return std::nullopt;
-        return detail::deadline_after(io_timeout_);
+        // Peeking is far cheaper than ERR_clear_error(), which walks all
+        // sixteen slots and frees two strings in each.
+        if (ERR_peek_error() != 0) [[unlikely]]
+            ERR_clear_error();
+        t_->last_errno = 0;
+        const int r = op();
+        if (r > 0) [[likely]]
+            return op_status::done;
+        const int err = SSL_get_error(ssl_.get(), r);
+        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+            w = err == SSL_ERROR_WANT_READ ? want::read : want::write;
+            return op_status::blocked;
+        }
+        if (err == SSL_ERROR_ZERO_RETURN) {
+            ERR_clear_error();
+            return op_status::eof;
+        }
+        ec = error_from(err);
+        return op_status::failed;
     }
 
-    // One OpenSSL operation, retried until it completes, the peer's
-    // close_notify arrives, an error occurs or the deadline passes. Without
-    // a deadline the transport blocks in the kernel and this never polls
-    // unless the descriptor itself is non-blocking.
-    template <class Op>
-    op_status drive(Op&& op, const detail::deadline& until, std::error_code& ec)
+    // The transport must not block in the kernel during a step.
+    void no_waiting(const detail::deadline& until) noexcept
     {
-        t_->may_block = !until;
-        for (;;) {
-            // Stale entries would make SSL_get_error report SSL_ERROR_SSL.
-            // Peeking is far cheaper than ERR_clear_error(), which walks all
-            // sixteen slots and frees two strings in each.
-            if (ERR_peek_error() != 0) [[unlikely]]
-                ERR_clear_error();
-            t_->last_errno = 0;
-            const int r = op();
-            if (r > 0) [[likely]]
-                return op_status::done;
-            const int err = SSL_get_error(ssl_.get(), r);
-            if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
-                ec = detail::wait_ready(t_->fd, err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, until);
-                if (ec)
-                    return op_status::failed;
-                continue;
-            }
-            if (err == SSL_ERROR_ZERO_RETURN) {
-                ERR_clear_error();
-                return op_status::eof;
-            }
-            ec = error_from(err);
-            return op_status::failed;
-        }
+        t_->may_block = false;
+        t_->until = until;
     }
 
     std::error_code error_from(int ssl_error) noexcept
@@ -966,7 +1336,7 @@ private:
             const unsigned long code = ERR_peek_error();
             if (ERR_GET_LIB(code) == ERR_LIB_SSL && ERR_GET_REASON(code) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
                 ERR_clear_error();
-                return errc::stream_truncated;
+                return transport_end();
             }
             return detail::take_openssl_error();
         }
@@ -982,26 +1352,122 @@ private:
         return std::make_error_code(std::errc::protocol_error);
     }
 
-    bool begin_handshake(std::error_code& ec)
+    // The transport ended: by the peer (FIN or reset) it is a truncation; a
+    // descriptor that is no connected socket at all reports its errno.
+    std::error_code transport_end() const noexcept
     {
-        ec.clear();
-        if (phase_ == phase::fresh)
-            return true;
-        ec = phase_ == phase::empty    ? make_error_code(errc::not_connected)
-             : phase_ == phase::failed ? error_
-                                       : make_error_code(errc::already_connected);
-        return false;
+        switch (t_->last_errno) {
+        case 0:
+        case ECONNRESET:
+        case ECONNABORTED:
+        case EPIPE:
+        case ETIMEDOUT: return errc::stream_truncated;
+        default: return {t_->last_errno, std::system_category()};
+        }
     }
 
-    void handshake(bool client, std::error_code& ec)
+    // ------------------------------------------------ driver: the one place that waits
+
+    // A step, repeated until it completes, the peer's close_notify arrives,
+    // an error occurs or the deadline passes. Without a deadline the
+    // transport blocks in the kernel and this never polls unless the
+    // descriptor itself is non-blocking.
+    template <class Op>
+    op_status drive(Op&& op, const detail::deadline& until, std::error_code& ec)
+    {
+        t_->may_block = !until;
+        t_->until = until;
+        for (;;) {
+            want w = want::nothing;
+            const op_status s = step(op, w, ec);
+            if (s != op_status::blocked) [[likely]]
+                return s;
+            if ((ec = detail::wait_ready(t_->fd, detail::poll_events(w), until)))
+                return op_status::failed;
+        }
+    }
+
+    detail::deadline io_deadline() const noexcept
+    {
+        if (st_.io_timeout.count() == 0)
+            return std::nullopt;
+        return detail::deadline_after(st_.io_timeout);
+    }
+
+    // ------------------------------------------------ handshake, data
+
+    bool start_handshake(bool client, const std::string_view* host, std::error_code& ec)
+    {
+        ec.clear();
+        if (host && !valid_host(*host, ec))
+            return false;
+        if (st_.stage == phase::handshaking && st_.client == client)
+            return true; // a handshake started by steps goes on
+        if (st_.stage != phase::fresh) {
+            ec = st_.stage == phase::empty    ? make_error_code(errc::not_connected)
+                 : st_.stage == phase::failed ? st_.error
+                                              : make_error_code(errc::already_connected);
+            return false;
+        }
+        if (host && !set_peer_name(*host, ec))
+            return false;
+        if (client)
+            SSL_set_connect_state(ssl_.get());
+        else
+            SSL_set_accept_state(ssl_.get());
+        st_.client = client;
+        st_.stage = phase::handshaking;
+        return true;
+    }
+
+    static bool valid_host(std::string_view host, std::error_code& ec)
+    {
+        if (host.empty() || host.size() > 255 || host.find('\0') != std::string_view::npos) {
+            ec = std::make_error_code(std::errc::invalid_argument);
+            return false;
+        }
+        return true;
+    }
+
+    bool set_peer_name(std::string_view host, std::error_code& ec)
+    {
+        const std::string name(host);
+        in6_addr addr{};
+        const bool is_ip =
+            inet_pton(AF_INET, name.c_str(), &addr) == 1 || inet_pton(AF_INET6, name.c_str(), &addr) == 1;
+        ERR_clear_error();
+        const int ok = is_ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl_.get()), name.c_str())
+                             : SSL_set_tlsext_host_name(ssl_.get(), name.c_str()) == 1
+                                   && SSL_set1_host(ssl_.get(), name.c_str()) == 1;
+        if (ok != 1) {
+            fail(detail::take_openssl_error(), ec);
+            return false;
+        }
+        return true;
+    }
+
+    void handshake(std::error_code& ec)
     {
         SSL* ssl = ssl_.get();
-        if (client)
-            SSL_set_connect_state(ssl);
-        else
-            SSL_set_accept_state(ssl);
-        if (drive([ssl] { return SSL_do_handshake(ssl); }, io_deadline(), ec) == op_status::done) {
-            phase_ = phase::open;
+        handshake_ended(drive([ssl] { return SSL_do_handshake(ssl); }, io_deadline(), ec), ec);
+    }
+
+    want handshake_step(std::error_code& ec)
+    {
+        SSL* ssl = ssl_.get();
+        want w = want::nothing;
+        no_waiting(std::nullopt);
+        const op_status s = step([ssl] { return SSL_do_handshake(ssl); }, w, ec);
+        if (s == op_status::blocked)
+            return w;
+        handshake_ended(s, ec);
+        return want::nothing;
+    }
+
+    void handshake_ended(op_status s, std::error_code& ec)
+    {
+        if (s == op_status::done) {
+            st_.stage = phase::open;
             return;
         }
         if (!ec) // close_notify during the handshake: the peer gave up
@@ -1009,14 +1475,35 @@ private:
         fail(ec, ec);
     }
 
-    bool writable(std::error_code& ec)
+    bool readable(std::span<std::byte> buf, std::error_code& ec)
     {
         ec.clear();
-        if (phase_ != phase::open) [[unlikely]] {
+        if (st_.stage != phase::open) [[unlikely]] {
             ec = unusable_error();
             return false;
         }
-        if (sent_cn_) [[unlikely]] {
+        return !buf.empty() && !st_.got_cn && !st_.peer_ended;
+    }
+
+    std::size_t read_outcome(op_status s, std::size_t n, std::error_code& ec) noexcept
+    {
+        if (s == op_status::done) [[likely]]
+            return n;
+        if (s == op_status::eof)
+            note_end_of_data();
+        else
+            fail_unless_timeout(ec);
+        return 0;
+    }
+
+    bool writable(std::error_code& ec)
+    {
+        ec.clear();
+        if (st_.stage != phase::open) [[unlikely]] {
+            ec = unusable_error();
+            return false;
+        }
+        if (st_.sent_cn) [[unlikely]] {
             ec = errc::closed;
             return false;
         }
@@ -1039,8 +1526,9 @@ private:
     // The error for an operation on a stream that is not open.
     std::error_code unusable_error() const noexcept
     {
-        switch (phase_) {
-        case phase::failed: return error_;
+        switch (st_.stage) {
+        case phase::failed: return st_.error;
+        case phase::closing:
         case phase::finished: return errc::closed;
         default: return errc::not_connected;
         }
@@ -1048,8 +1536,8 @@ private:
 
     void fail(std::error_code cause, std::error_code& ec) noexcept
     {
-        phase_ = phase::failed;
-        error_ = cause;
+        st_.stage = phase::failed;
+        st_.error = cause;
         ec = cause;
     }
 
@@ -1061,67 +1549,232 @@ private:
             fail(ec, ec);
     }
 
-    // Puts our close_notify on the wire (flushing it fully). Only ever
-    // calls SSL_shutdown again while the alert is still half sent.
-    void send_close_notify(const detail::deadline& until, std::error_code& ec)
+    // SSL_read reported the end of the peer's data: its close_notify, or,
+    // when missing close_notify is accepted, a transport that ended without
+    // one. The transport only sees its end when OpenSSL wanted more bytes,
+    // which it never does after a complete close_notify record.
+    void note_end_of_data() noexcept
+    {
+        if (t_->eof)
+            st_.peer_ended = true;
+        else
+            st_.got_cn = true;
+    }
+
+    // ------------------------------------------------ closing
+
+    // Whether a close may run now; if not, `r` and `ec` say why (a finished
+    // close's outcome again, a failed stream's error).
+    bool closable(shutdown_result& r, std::error_code& ec) const noexcept
+    {
+        ec.clear();
+        r = shutdown_result::none;
+        switch (st_.stage) {
+        case phase::open:
+        case phase::closing: return true;
+        case phase::finished:
+        case phase::failed:
+            ec = st_.error;
+            r = st_.result;
+            return false;
+        default: ec = unusable_error(); return false;
+        }
+    }
+
+    shutdown_result outcome(shutdown_result& r, std::error_code& ec) const noexcept
+    {
+        if (st_.stage == phase::finished || st_.stage == phase::failed) {
+            r = st_.result;
+            ec = st_.error;
+        }
+        return r;
+    }
+
+    // The blocking close: the close step, then a wait, until it ends.
+    void finish_close() noexcept
+    {
+        while (st_.stage == phase::open || st_.stage == phase::closing) {
+            const want w = close_step();
+            if (w == want::nothing)
+                return;
+            const std::error_code waited = detail::wait_ready(t_->fd, detail::poll_events(w), close_wake());
+            if (waited && waited != errc::timeout)
+                end_close(st_.sent_cn ? shutdown_result::sent : shutdown_result::none, waited);
+        }
+    }
+
+    // When the close step must run again even if the descriptor is not
+    // ready: the deadline, or soon while a lingering close watches its
+    // send queue (no readiness event says "all of it was acknowledged").
+    detail::steady::time_point close_wake() const noexcept
+    {
+        if (st_.lingering)
+            return std::min(*st_.close_deadline, detail::steady::now() + std::chrono::milliseconds(5));
+        return *st_.close_deadline;
+    }
+
+    // One resumable step of the policy's close; never waits. want::nothing:
+    // the close has ended (st_.result and st_.error say how). Each call does
+    // a bounded amount of work, so one close cannot hold up an event loop.
+    want close_step() noexcept
+    {
+        const auto now = detail::steady::now();
+        const bool first = !st_.close_deadline;
+        if (first) {
+            st_.close_deadline = detail::deadline_after(st_.shutdown_timeout, now);
+            st_.answering = st_.got_cn; // the peer's close_notify came before ours
+        }
+        st_.stage = phase::closing;
+        st_.lingering = false;
+        // No recv() starts past the deadline: a peer that never stops
+        // sending cannot hold us beyond it.
+        no_waiting(st_.close_deadline);
+        const bool late = !first && now >= *st_.close_deadline;
+        if (st_.peer_ended && !st_.sent_cn) { // an accepted missing close_notify: nobody to tell
+            close_quietly();
+            return end_close(shutdown_result::none, {});
+        }
+        if constexpr (Policy::mode == close_mode::quiet) {
+            t_->muted = true; // whatever consuming provokes (a renegotiation) stays off the wire
+            consume_arrived();
+            if (st_.sent_cn) // close_write() already put ours out
+                return end_close(st_.got_cn ? shutdown_result::complete : shutdown_result::sent, {});
+            close_quietly();
+            return end_close(shutdown_result::quiet, {});
+        } else {
+            if (!st_.sent_cn) {
+                if (late) // no room for it until the deadline
+                    return end_close(shutdown_result::none, errc::timeout);
+                std::error_code ec;
+                const want w = send_close_notify(ec);
+                if (ec)
+                    return end_close(shutdown_result::none, ec);
+                if (w != want::nothing)
+                    return detail::steady::now() >= *st_.close_deadline
+                               ? end_close(shutdown_result::none, errc::timeout)
+                               : w;
+            }
+            if constexpr (Policy::mode == close_mode::full)
+                return drain_step(late);
+            else
+                return fast_step(late);
+        }
+    }
+
+    // Full: reads and discards application data until the peer's
+    // close_notify. SSL_read, not a second SSL_shutdown: data still in
+    // flight would make SSL_shutdown fail ("application data after close
+    // notify"). TLS 1.3 session tickets that arrive meanwhile are processed.
+    // The deadline is checked per record, not only while waiting.
+    want drain_step(bool late) noexcept
+    {
+        std::byte scratch[16 * 1024];
+        SSL* ssl = ssl_.get();
+        for (int records = 0; !st_.got_cn && !st_.peer_ended; ++records) {
+            if (late || detail::steady::now() >= *st_.close_deadline)
+                return end_close(shutdown_result::sent, errc::timeout);
+            if (records >= max_records_per_step && buffers_empty())
+                return want::read; // the rest is still in the socket: it stays readable
+            std::size_t n = 0;
+            want w = want::nothing;
+            std::error_code ec;
+            const op_status s = step([&] { return SSL_read_ex(ssl, scratch, sizeof scratch, &n); }, w, ec);
+            if (s == op_status::blocked) {
+                if (detail::steady::now() >= *st_.close_deadline)
+                    return end_close(shutdown_result::sent, errc::timeout);
+                return w;
+            }
+            if (s == op_status::eof)
+                note_end_of_data();
+            else if (s == op_status::failed)
+                return end_close(shutdown_result::sent, ec);
+        }
+        return end_close(st_.got_cn ? shutdown_result::complete : shutdown_result::sent, {});
+    }
+
+    // Fast: does not wait for the peer's answer, only (lingering close) for
+    // what we wrote to leave: a peer still uploading into a full receive
+    // window would otherwise see a reset instead of our reply and our
+    // close_notify. Meanwhile what arrives is read and discarded.
+    want fast_step(bool late) noexcept
+    {
+        // Whether the peer's answer happened to be among what is consumed
+        // is timing, not an outcome.
+        consume_arrived();
+        if (st_.answering) { // our answer leaves now; the socket stays open for release_socket()
+            push_unsent();
+            return end_close(shutdown_result::complete, {});
+        }
+        end_sending(); // our FIN right behind our close_notify
+        if (st_.peer_ended || t_->eof || unsent() == 0)
+            return end_close(shutdown_result::sent, {});
+        if (late || detail::steady::now() >= *st_.close_deadline)
+            return end_close(shutdown_result::sent, errc::timeout);
+        st_.lingering = true;
+        return want::read;
+    }
+
+    static constexpr int max_records_per_step = 64;
+
+    bool buffers_empty() const noexcept { return t_->buffered() == 0 && SSL_has_pending(ssl_.get()) == 0; }
+
+    // Bytes we wrote that have not left the socket yet (a peer that does not
+    // read has closed its window); 0 for sockets other than TCP.
+    int unsent() const noexcept
+    {
+        int queued = 0;
+        return ::ioctl(t_->fd, SIOCOUTQNSD, &queued) == 0 ? queued : 0;
+    }
+
+    // The close has ended: the outcome is kept for later calls; a close that
+    // did not complete ends our sending side (step 3 below). A failure
+    // before our close_notify was out, or any error but a timeout, leaves
+    // the stream failed.
+    want end_close(shutdown_result r, std::error_code ec) noexcept
+    {
+        st_.result = r;
+        st_.error = ec;
+        st_.lingering = false;
+        st_.stage = ec && (ec != errc::timeout || !st_.sent_cn) ? phase::failed : phase::finished;
+        if (r != shutdown_result::complete)
+            end_sending();
+        t_->until.reset();
+        ERR_clear_error();
+        return want::nothing;
+    }
+
+    // Puts our close_notify on the wire, step by step; only ever calls
+    // SSL_shutdown again while the alert is still half sent. Nothing else
+    // of ours goes on the wire after it.
+    want send_close_notify(std::error_code& ec)
     {
         SSL* ssl = ssl_.get();
         int r = 0;
-        const op_status s = drive(
+        want w = want::nothing;
+        t_->write_blocked = false;
+        const op_status s = step(
             [ssl, &r] {
                 r = SSL_shutdown(ssl);
                 // 0: sent, the peer's not yet received; 1: both. Either is done.
                 return r >= 0 ? 1 : r;
             },
-            until, ec);
+            w, ec);
+        if (s == op_status::blocked)
+            return w;
+        // OpenSSL 3.0 answers a call that retried a half-sent alert with 0
+        // ("sent") even when the retry found no room either.
+        if (t_->write_blocked)
+            return want::write;
         if (s != op_status::done) {
             if (!ec)
                 ec = errc::stream_truncated;
-            fail(ec, ec);
-            return;
+            return want::nothing;
         }
-        sent_cn_ = true;
+        st_.sent_cn = true;
+        t_->muted = true;
         if (r == 1 && !t_->eof) // 1 also follows an accepted missing close_notify
-            got_cn_ = true;
-    }
-
-    shutdown_result run_policy(std::error_code& ec)
-    {
-        const auto started = detail::steady::now();
-        const detail::deadline until = started + shutdown_timeout_;
-        if (peer_ended_ && !sent_cn_) { // an accepted missing close_notify: nobody to tell
-            close_quietly();
-            return shutdown_result::none;
-        }
-        if constexpr (Policy::mode == close_mode::quiet) {
-            consume_arrived();
-            if (sent_cn_) // close_write() already put ours out
-                return got_cn_ ? shutdown_result::complete : shutdown_result::sent;
-            close_quietly();
-            return shutdown_result::quiet;
-        } else {
-            const bool answering = got_cn_; // the peer's close_notify came before ours
-            if (!sent_cn_) {
-                send_close_notify(until, ec);
-                if (ec)
-                    return shutdown_result::none;
-            }
-            if constexpr (Policy::mode == close_mode::full) {
-                drain_until_close_notify(until, ec);
-                return got_cn_ ? shutdown_result::complete : shutdown_result::sent;
-            } else {
-                // Fast does not wait for the peer: whether its answer happened
-                // to be among what was consumed is timing, not an outcome.
-                consume_arrived();
-                // Not complete: shutdown() then ends our sending side, which
-                // pushes. Complete: our answer leaves now, and the socket
-                // stays open for release_socket().
-                if (!answering)
-                    return shutdown_result::sent;
-                push_unsent();
-                return shutdown_result::complete;
-            }
-        }
+            st_.got_cn = true;
+        return want::nothing;
     }
 
     // Sets both shutdown flags without writing anything (SSL_shutdown in
@@ -1130,18 +1783,6 @@ private:
     {
         SSL_set_quiet_shutdown(ssl_.get(), 1);
         SSL_shutdown(ssl_.get());
-    }
-
-    // SSL_read reported the end of the peer's data: its close_notify, or,
-    // when missing close_notify is accepted, a transport that ended without
-    // one. The transport only sees its end when OpenSSL wanted more bytes,
-    // which it never does after a complete close_notify record.
-    void note_end_of_data() noexcept
-    {
-        if (t_->eof)
-            peer_ended_ = true;
-        else
-            got_cn_ = true;
     }
 
     // Linux answers close() on a TCP socket that still holds unread data
@@ -1179,10 +1820,12 @@ private:
         const bool accepting = (SSL_get_options(ssl) & SSL_OP_IGNORE_UNEXPECTED_EOF) != 0;
         if (!accepting)
             SSL_set_options(ssl, SSL_OP_IGNORE_UNEXPECTED_EOF);
-        t_->may_block = false;
+        // Bounded by a record count, not a deadline: a quiet close, whose
+        // deadline is now, still processes the tickets that have arrived.
+        const detail::deadline until = std::exchange(t_->until, std::nullopt);
         std::byte scratch[16 * 1024];
         // Bounded, so a peer that never stops sending cannot hold us here.
-        for (int records = 0; records < 64 && !got_cn_ && !peer_ended_; ++records) {
+        for (int records = 0; records < max_records_per_step && !st_.got_cn && !st_.peer_ended; ++records) {
             ERR_clear_error();
             std::size_t n = 0;
             const int r = SSL_read_ex(ssl, scratch, sizeof scratch, &n);
@@ -1194,6 +1837,7 @@ private:
         }
         if (!accepting)
             SSL_clear_options(ssl, SSL_OP_IGNORE_UNEXPECTED_EOF);
+        t_->until = until;
         ERR_clear_error();
     }
 
@@ -1205,42 +1849,63 @@ private:
     //    going on in the clear needs a completed close, which skips this.
     void end_sending() noexcept { ::shutdown(t_->fd, SHUT_WR); }
 
-    // Reads and discards application data until the peer's close_notify.
-    // SSL_read, not a second SSL_shutdown: data that is still in flight
-    // would make SSL_shutdown fail ("application data after close notify").
-    // TLS 1.3 session tickets that arrive meanwhile are processed.
-    void drain_until_close_notify(const detail::deadline& until, std::error_code& ec)
+    // After a fatal error nothing new goes on the wire, but what OpenSSL
+    // already wrote (its alert) must leave before the socket closes: push
+    // it, end our sending side, and read away what has arrived so that the
+    // close does not turn into a reset that destroys the alert.
+    void flush_failure() noexcept
     {
-        std::byte scratch[16 * 1024];
-        SSL* ssl = ssl_.get();
-        while (!got_cn_) {
-            std::size_t n = 0;
-            const op_status s = drive([&] { return SSL_read_ex(ssl, scratch, sizeof scratch, &n); }, until, ec);
-            if (s == op_status::eof)
-                note_end_of_data();
-            else if (s == op_status::failed)
-                return fail_unless_timeout(ec);
-            if (peer_ended_) // accepted in place of its close_notify
-                return;
-        }
+        push_unsent();
+        end_sending();
+        char scratch[16 * 1024];
+        for (int i = 0; i < max_records_per_step; ++i)
+            if (::recv(t_->fd, scratch, sizeof scratch, MSG_DONTWAIT) <= 0)
+                break;
     }
 
-    // Out of line: inlined into the destructor of a std::optional holding
-    // a stream, g++ 12 -O2 misreports phase_ as maybe-uninitialized (and
-    // -Werror builds of user code would fail).
+    // ------------------------------------------------ the destructor's close
+
+    // By state (README): an open stream is closed by its policy, here
+    // (waiting up to its deadline) or, bound to a closer, in the closer
+    // (what needs no waiting is done here first); a failed one lets
+    // OpenSSL's alert leave; anything else is only freed. Out of line:
+    // inlined into the destructor of a std::optional holding a stream,
+    // g++ 12 -O2 misreports the phase as maybe-uninitialized.
     [[gnu::noinline]] void close_on_destruction() noexcept
     {
-        if (phase_ == phase::open) {
-            std::error_code ignored;
-            try {
-                shutdown(ignored);
-            } catch (...) { // std::bad_alloc from an error message; nothing else throws
-            }
+        switch (st_.stage) {
+        case phase::open:
+        case phase::closing:
+            if (st_.bound != nullptr && handed_to_closer())
+                return; // the closer owns the SSL and the socket now
+            finish_close();
+            break;
+        case phase::failed: flush_failure(); break;
+        default: break;
         }
         ssl_.reset();
         t_ = nullptr;
-        phase_ = phase::empty;
+        st_ = state{};
         ERR_clear_error();
+    }
+
+    // A bound stream's destructor: one close step; if the policy still has
+    // to wait, the stream (SSL, transport and socket) moves into the closer.
+    // false: nothing was handed over (the close ended, or no memory).
+    bool handed_to_closer() noexcept
+    {
+        const want w = close_step();
+        if (w == want::nothing)
+            return false;
+        closer* c = st_.bound;
+        std::unique_ptr<detail::close_job> job;
+        try {
+            job = std::make_unique<detail::stream_close_job<tls_stream>>(std::move(*this));
+        } catch (...) { // std::bad_alloc before the move: close here instead
+            return false;
+        }
+        c->adopt(std::move(job), w);
+        return true;
     }
 
     // Adds OpenSSL's verification detail ("hostname mismatch", "self-signed
@@ -1264,14 +1929,7 @@ private:
     Socket sock_;
     std::unique_ptr<SSL, detail::deleter<&SSL_free>> ssl_;
     detail::transport* t_ = nullptr; // owned by the BIO, which the SSL owns
-    phase phase_ = phase::fresh;
-    bool sent_cn_ = false;    // our close_notify is on the wire
-    bool got_cn_ = false;     // the peer's close_notify was received
-    bool peer_ended_ = false; // the transport ended without it, and that was accepted
-    std::chrono::milliseconds io_timeout_{0};
-    std::chrono::milliseconds shutdown_timeout_{Policy::timeout};
-    std::error_code error_; // the fatal error (failed) or the close's outcome (finished)
-    shutdown_result result_ = shutdown_result::none;
+    state st_{phase::fresh};
 };
 
 } // namespace tls

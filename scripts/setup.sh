@@ -12,7 +12,7 @@
 # runtime.
 set -euo pipefail
 
-packages=(g++ clang ninja-build pkg-config libssl-dev meson catch2 cmake)
+packages=(g++ clang ninja-build pkg-config libssl-dev meson catch2 cmake libasio-dev)
 # The interop suite's external TLS peers (libssl-dev does not pull in the CLI).
 packages+=(openssl gnutls-bin curl python3)
 backported=(meson catch2)
