@@ -1286,6 +1286,8 @@ private:
         bool peer_ended = false;  // the transport ended without it, and that was accepted
         bool answering = false;   // the peer's close_notify came before ours
         bool lingering = false;   // fast: waiting for what we wrote to leave the send queue
+        bool peer_sending = false; // application data arrived during the close
+        bool sending_ended = false; // shutdown(SHUT_WR) done
         std::chrono::milliseconds io_timeout{0};
         std::chrono::milliseconds shutdown_timeout{Policy::timeout};
         detail::deadline close_deadline{};
@@ -1693,20 +1695,24 @@ private:
     }
 
     // Fast: does not wait for the peer's answer, only (lingering close) for
-    // what we wrote to leave: a peer still uploading into a full receive
-    // window would otherwise see a reset instead of our reply and our
-    // close_notify. Meanwhile what arrives is read and discarded.
+    // what we wrote to be acknowledged while the peer is still sending:
+    // closing a socket with unread input is a reset, which would destroy our
+    // reply and close_notify if they still sit in our send queue (behind the
+    // closed window of a peer that uploads before it reads), or are still
+    // in flight. Meanwhile what arrives is read and discarded. A peer that
+    // sends nothing gets a plain FIN, and the kernel delivers the rest.
     want fast_step(bool late) noexcept
     {
         // Whether the peer's answer happened to be among what is consumed
         // is timing, not an outcome.
-        consume_arrived();
+        if (consume_arrived())
+            st_.peer_sending = true;
         if (st_.answering) { // our answer leaves now; the socket stays open for release_socket()
             push_unsent();
             return end_close(shutdown_result::complete, {});
         }
         end_sending(); // our FIN right behind our close_notify
-        if (st_.peer_ended || t_->eof || unsent() == 0)
+        if (!st_.peer_sending || st_.peer_ended || t_->eof || unacknowledged() == 0)
             return end_close(shutdown_result::sent, {});
         if (late || detail::steady::now() >= *st_.close_deadline)
             return end_close(shutdown_result::sent, errc::timeout);
@@ -1718,12 +1724,16 @@ private:
 
     bool buffers_empty() const noexcept { return t_->buffered() == 0 && SSL_has_pending(ssl_.get()) == 0; }
 
-    // Bytes we wrote that have not left the socket yet (a peer that does not
-    // read has closed its window); 0 for sockets other than TCP.
-    int unsent() const noexcept
+    // Bytes we wrote that the peer's TCP has not acknowledged yet; 0 for
+    // sockets other than TCP (only TCP answers SIOCOUTQNSD), where closing
+    // destroys nothing the peer has not read.
+    int unacknowledged() const noexcept
     {
+        int unsent = 0;
         int queued = 0;
-        return ::ioctl(t_->fd, SIOCOUTQNSD, &queued) == 0 ? queued : 0;
+        if (::ioctl(t_->fd, SIOCOUTQNSD, &unsent) != 0 || ::ioctl(t_->fd, SIOCOUTQ, &queued) != 0)
+            return 0;
+        return queued;
     }
 
     // The close has ended: the outcome is kept for later calls; a close that
@@ -1813,9 +1823,11 @@ private:
     //    TLS 1.3 session tickets are processed (so the session can be
     //    resumed), application data is discarded, the peer's close_notify
     //    is noted. A transport that ended here is not an error worth an
-    //    alert, so OpenSSL is told to accept it for the duration.
-    void consume_arrived() noexcept
+    //    alert, so OpenSSL is told to accept it for the duration. Returns
+    //    whether application data was among it.
+    bool consume_arrived() noexcept
     {
+        bool data = false;
         SSL* ssl = ssl_.get();
         const bool accepting = (SSL_get_options(ssl) & SSL_OP_IGNORE_UNEXPECTED_EOF) != 0;
         if (!accepting)
@@ -1829,8 +1841,10 @@ private:
             ERR_clear_error();
             std::size_t n = 0;
             const int r = SSL_read_ex(ssl, scratch, sizeof scratch, &n);
-            if (r > 0)
+            if (r > 0) {
+                data = true;
                 continue;
+            }
             if (SSL_get_error(ssl, r) == SSL_ERROR_ZERO_RETURN)
                 note_end_of_data();
             break; // nothing more has arrived, or an error: stop either way
@@ -1839,6 +1853,7 @@ private:
             SSL_clear_options(ssl, SSL_OP_IGNORE_UNEXPECTED_EOF);
         t_->until = until;
         ERR_clear_error();
+        return data;
     }
 
     // 3. After a close that did not complete, our FIN follows at once
@@ -1847,7 +1862,11 @@ private:
     //    data then comes after the FIN, and the peer still reads an orderly
     //    end. Nothing valid can be written on this connection any more:
     //    going on in the clear needs a completed close, which skips this.
-    void end_sending() noexcept { ::shutdown(t_->fd, SHUT_WR); }
+    void end_sending() noexcept
+    {
+        if (!std::exchange(st_.sending_ended, true))
+            ::shutdown(t_->fd, SHUT_WR);
+    }
 
     // After a fatal error nothing new goes on the wire, but what OpenSSL
     // already wrote (its alert) must leave before the socket closes: push

@@ -142,3 +142,29 @@ TEMPLATE_TEST_CASE("a strict Python peer's unwrap() completes against fast and f
         CHECK(outcome == "unwrap_complete");
     }
 }
+
+TEMPLATE_TEST_CASE("a Python client still uploading gets the whole early reply and the close_notify (lingering close)",
+                   "[interop][python][scenario-25]", tls::fast_shutdown, tls::full_shutdown)
+{
+    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    CAPTURE(dotted(version));
+
+    listener l;
+    support::process peer({"python3", TLS_STREAM_INTEROP_DIR "/upload_client.py", "--port", std::to_string(l.port()),
+                           "--cafile", support::credentials().ca_file, "--version", dotted(version)});
+    {
+        stream<TestType> s(support::server_context(version), l.accept(soon()));
+        s.set_io_timeout(patience);
+        s.accept();
+        CHECK(read_line(s) == "request\n");
+        // Some of the upload, so it is under way when we answer early.
+        std::byte buf[16384];
+        std::size_t got = 0;
+        while (got < std::size_t{64} * 1024)
+            got += s.read_some(buf);
+        s.write_all(bytes(support::pattern(std::size_t{64} * 1024, 7)));
+    } // the policy's close, then the socket closes
+    const auto line = peer.wait_for_line("RECEIVED ", soon());
+    REQUIRE(line.has_value());
+    CHECK(*line == "65536 close_notify");
+}

@@ -4,6 +4,9 @@
 // handshake, a script of peer actions (data, close_notify, raw bytes,
 // KeyUpdate / renegotiation, tickets). Then the tls_stream reads to the end,
 // maybe writes, and closes by its policy (shutdown() or the destructor).
+// Policy value 3 is full driven by the event-loop API: try_read_some,
+// try_write_some and try_shutdown with poll(), and a destructor bound to a
+// tls::closer.
 //
 // Checked on every input, besides what ASan/UBSan/LeakSanitizer catch:
 // - every call returns within its deadline (plus a generous slack),
@@ -15,6 +18,7 @@
 #include "examples/self_signed.hpp"
 #include "peer.hpp"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -170,9 +174,26 @@ void play_script(fuzz::peer& peer, reader in, bool tls13, bool peer_is_server)
     ERR_clear_error();
 }
 
+/// Runs a step until it finishes or `limit` passes, polling for what it wants.
+template <class Step>
+void run_steps(int fd, std::chrono::milliseconds limit, Step&& step)
+{
+    const auto until = clock_type::now() + limit;
+    for (;;) {
+        const tls::want w = step();
+        const auto left = std::chrono::ceil<std::chrono::milliseconds>(until - clock_type::now());
+        if (w == tls::want::nothing || left.count() <= 0)
+            return;
+        pollfd p{fd, static_cast<short>(w == tls::want::write ? POLLOUT : POLLIN), 0};
+        ::poll(&p, 1, static_cast<int>(left.count()));
+    }
+}
+
 template <class Policy>
 void run(const fuzz::config& cfg, const std::uint8_t* data, std::size_t size)
 {
+    const bool steps = cfg.policy == 3;
+    tls::closer closer;
     int fds[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0)
         fail("socketpair");
@@ -249,7 +270,10 @@ void run(const fuzz::config& cfg, const std::uint8_t* data, std::size_t size)
                 std::size_t n = 0;
                 bounded(io_timeout, "read_some past its deadline", [&] {
                     // Alternate the overloads: the throwing one may throw only std::system_error.
-                    if (i % 2) {
+                    if (steps) {
+                        run_steps(s->socket().native_handle(), io_timeout,
+                                  [&] { return s->try_read_some(buf, n, ec); });
+                    } else if (i % 2) {
                         n = s->read_some(buf, ec);
                     } else {
                         try {
@@ -264,14 +288,44 @@ void run(const fuzz::config& cfg, const std::uint8_t* data, std::size_t size)
                     break;
             }
             const std::byte reply[] = {std::byte{'o'}, std::byte{'k'}};
-            bounded(io_timeout, "write_some past its deadline", [&] { s->write_some(reply, ec); });
+            bounded(io_timeout, "write_some past its deadline", [&] {
+                if (steps) {
+                    std::size_t n = 0;
+                    (void)s->try_write_some(reply, n, ec);
+                } else {
+                    s->write_some(reply, ec);
+                }
+            });
             check_error_queue("write_some");
         }
         if (cfg.explicit_shutdown) {
-            bounded(shutdown_timeout, "shutdown past its deadline", [&] { s->shutdown(ec); });
+            bounded(shutdown_timeout, "shutdown past its deadline", [&] {
+                if (steps) {
+                    tls::shutdown_result r{};
+                    run_steps(s->socket().native_handle(), shutdown_timeout + 1s,
+                              [&] { return s->try_shutdown(r, ec); });
+                    if (!s->shutdown_deadline())
+                        fail("try_shutdown left no deadline");
+                } else {
+                    s->shutdown(ec);
+                }
+            });
             check_error_queue("shutdown");
         }
-        bounded(shutdown_timeout, "the destructor past its deadline", [&] { s.reset(); });
+        if (steps) {
+            try {
+                s->close_via(closer);
+            } catch (const std::system_error&) { // nothing left to close
+            }
+            bounded(0ms, "a bound destructor waited", [&] { s.reset(); });
+            bounded(shutdown_timeout, "the closer past the close's deadline", [&] {
+                if (!closer.run_for(shutdown_timeout + 1s))
+                    fail("a close in the closer outlived its deadline");
+            });
+            check_error_queue("the closer");
+        } else {
+            bounded(shutdown_timeout, "the destructor past its deadline", [&] { s.reset(); });
+        }
     }
     if (peer_fd >= 0)
         ::close(peer_fd);

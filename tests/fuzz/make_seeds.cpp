@@ -89,6 +89,20 @@ try {
     const bytes key_update = {fuzz::op_key_update, fuzz::op_data, 3, 'a', 'b', 'c', fuzz::op_close_notify};
     const bytes tickets = {fuzz::op_ticket, fuzz::op_ticket, fuzz::op_data, 1, 'x'};
     const bytes silent = {};
+    // A peer that never stops sending, as far as a script goes: 64 tiny records.
+    bytes flood;
+    for (int i = 0; i < 32; ++i)
+        flood.insert(flood.end(), {fuzz::op_data, 1, 'f'});
+    // TLS 1.3 session tickets without end.
+    const bytes ticket_flood(64, fuzz::op_ticket);
+    // An undecryptable record, then data we never read.
+    bytes bad_then_more = garbage_record;
+    for (int i = 0; i < 8; ++i) {
+        bad_then_more.insert(bad_then_more.end(), {fuzz::op_raw, 200});
+        bad_then_more.insert(bad_then_more.end(), 200, 0x17);
+    }
+    // A renegotiation request (TLS 1.2) pending when a quiet close starts.
+    const bytes renegotiate_pending = {fuzz::op_data, 1, 'x', fuzz::op_key_update};
     struct script {
         const char* name;
         std::uint8_t cfg;
@@ -103,6 +117,14 @@ try {
         {"script-client-tls12-fast-renegotiate", 0x08 | 0x00, &key_update},
         {"script-client-tls13-full-tickets-closewrite", 0x08 | 0x10 | 0x04 | 0x80, &tickets},
         {"script-server-tls13-full-silent-closed", 0x08 | 0x10 | 0x01 | 0x04 | 0x20, &silent},
+        {"script-client-tls12-full-flood", 0x08 | 0x04 | 0x40, &flood},
+        {"script-client-tls13-fast-ticketflood", 0x08 | 0x10, &ticket_flood},
+        {"script-client-tls13-full-bad-record-more", 0x08 | 0x10 | 0x04, &bad_then_more},
+        {"script-client-tls12-quiet-renegotiate-pending", 0x08 | 0x02 | 0x40, &renegotiate_pending},
+        // Policy 3: full through the event-loop API and a closer.
+        {"script-client-tls13-steps-hello-close", 0x08 | 0x10 | 0x06, &hello_then_close},
+        {"script-server-tls12-steps-silent-shutdown", 0x08 | 0x01 | 0x06 | 0x40, &silent},
+        {"script-client-tls13-steps-flood", 0x08 | 0x10 | 0x06, &flood},
     };
     for (const script& s : scripts)
         write(dir, s.name, s.cfg, *s.body);
