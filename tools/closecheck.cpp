@@ -301,11 +301,12 @@ int on_new_session(SSL* /*ssl*/, SSL_SESSION* s)
 
 /// How the peer's side of the connection ended, as seen by a reader.
 struct ending {
-    std::string how = "none"; // close_notify | fin | rst | alert | error | none (nothing by the deadline)
-    std::string detail;       // the alert or error
-    double ms = 0;            // when, since the observer's start
-    std::size_t bytes = 0;    // application data read meanwhile
-    std::string then;         // after close_notify: fin | rst | none (the TCP end that followed)
+    std::string how = "none";            // close_notify | fin | rst | alert | error | none (nothing by the deadline)
+    std::string detail;                  // the alert or error
+    double ms = 0;                       // when, since the observer's start
+    std::size_t bytes = 0;               // application data read meanwhile
+    std::string then;                    // after close_notify: fin | rst | none (how TCP ended)
+    std::optional<bool> waited_for_ours; // the peer's close_notify came first: did it wait for our answer?
 };
 
 /// The raw socket's end: bytes until a FIN, a reset or the deadline.
@@ -389,7 +390,18 @@ ending read_until_end(Stream& s, observer& obs, clock_type::time_point until, bo
         }
         if (!ec && obs.close_notify_received_ms) {
             e.how = "close_notify";
-            e.then = wait_raw_end(fd, std::min(until, clock_type::now() + milliseconds(500))).how;
+            e.then = "none";
+            if (!obs.close_notify_sent) {
+                // Does the peer end TCP at once, or wait for our answer?
+                e.then = wait_raw_end(fd, std::min(until, clock_type::now() + milliseconds(200))).how;
+                e.waited_for_ours = e.then == "none";
+            }
+            if (e.then == "none") {
+                // Answer, as fast and full do, and see how TCP ends then.
+                std::error_code ignored;
+                s.shutdown(ignored);
+                e.then = wait_raw_end(fd, std::min(until, clock_type::now() + milliseconds(500))).how;
+            }
         } else if (!ec) {
             // The transport ended. Our side still open: a FIN leaves CLOSE_WAIT, a reset CLOSE.
             e.how = rst_seen || (!sent_fin && tcp_state(fd) == TCP_CLOSE) ? "rst" : "fin";
@@ -566,6 +578,8 @@ void add_ending(result& r, const std::string& prefix, const ending& e)
         r.add(prefix + "_detail", e.detail);
     if (e.how == "close_notify")
         r.add(prefix + "_then", e.then);
+    if (e.waited_for_ours)
+        r.add_bool(prefix + "_waited_for_ours", *e.waited_for_ours);
 }
 
 std::string describe(const ending& e)
@@ -943,7 +957,9 @@ result serve_one(const options& o, const tls::context& ctx, int fd, const std::s
     }
     add_ending(r, "client_close", end);
     if (end.how == "none") {
-        // The client stays open: we close first; does it answer?
+        // The client stays open: we close first; does it answer? (Times
+        // from here on count from our close_notify.)
+        obs.start = clock_type::now();
         s.close_write(ec);
         const ending answer = read_until_end(s, obs, clock_type::now() + o.timeout);
         add_ending(r, "answer_to_our_close_notify", answer);

@@ -84,6 +84,8 @@ class Peer:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        if self.proc.stdin:
+            self.proc.stdin.close()
         self.log.close()
 
     def __enter__(self):
@@ -163,6 +165,46 @@ def expect(exp, name, **facts):
                                                                           json.dumps(got))
 
 
+# What each peer does, as observed (docs/closecheck.md has the same table).
+# The same for TLS 1.2 and 1.3 unless a key says otherwise.
+OBSERVED = {
+    "s_server": dict(full_close=dict(answer="close_notify", answer_then="fin", full_shutdown_reports="complete"),
+                     server_close=dict(ending="close_notify", ending_waited_for_ours=True, ending_then="fin"),
+                     half_close=dict(ending="close_notify"),
+                     bare_fin=dict(answer="alert", answer_detail="decode error (fatal)")),
+    "gnutls-serv": dict(full_close=dict(answer="close_notify", answer_then="fin", full_shutdown_reports="complete"),
+                        server_close=dict(ending="close_notify", ending_waited_for_ours=False, ending_then="fin"),
+                        half_close=dict(ending="close_notify"),
+                        bare_fin=dict(answer="alert", answer_detail="unexpected_message (fatal)")),
+    "nginx": dict(full_close=dict(answer="fin", full_shutdown_reports="sent, stream_truncated"),
+                  server_close=dict(ending="close_notify", ending_waited_for_ours=False, ending_then="fin"),
+                  half_close=dict(ending="fin"),
+                  bare_fin=dict(answer="fin")),
+    "haproxy": dict(full_close=dict(answer="close_notify", answer_then="fin", full_shutdown_reports="complete"),
+                    server_close=dict(ending="close_notify", ending_waited_for_ours=False, ending_then="fin"),
+                    half_close=dict(ending="close_notify"),
+                    bare_fin=dict(answer="close_notify")),
+    "lighttpd": dict(full_close=dict(answer="close_notify", answer_then="fin", full_shutdown_reports="complete"),
+                     server_close=dict(ending="close_notify", ending_waited_for_ours=True, ending_then="fin"),
+                     half_close=dict(ending="close_notify"),
+                     bare_fin=dict(answer="alert", answer_detail="decode error (fatal)")),
+    "python": dict(full_close=dict(answer="fin", full_shutdown_reports="sent, stream_truncated"),
+                   server_close=dict(ending="fin"),
+                   half_close=dict(ending="fin"),
+                   bare_fin=dict(answer="alert", answer_detail="decode error (fatal)")),
+}
+
+
+def expect_observed(peer, exp, version):
+    for name, facts in OBSERVED[peer].items():
+        expect(exp, name, **facts)
+    # Every peer here answers a request that was followed by our close_notify.
+    assert exp["half_close"]["bytes_after_our_close_notify"] > 0, exp["half_close"]
+    assert exp["server_close"]["data_bytes"] > 0, exp["server_close"]
+    expect_write_only(exp, version)
+    expect_resumes(exp)
+
+
 def expect_resumes(exp):
     expect(exp, "resumption", fast="resumed", quiet="resumed", full="resumed")
 
@@ -204,8 +246,9 @@ def test(name):
 
 def s_server(version, *flags):
     need("openssl")
+    # Its stdin stays open (a pipe): at end of file, s_server without -www quits.
     peer = Peer(["openssl", "s_server", "-accept", "127.0.0.1:0", "-cert", CERT, "-key", KEY,
-                 "-tls" + version.replace(".", "_"), *flags])
+                 "-tls" + version.replace(".", "_"), *flags], stdin=subprocess.PIPE)
     out = peer.wait_output("ACCEPT 127.0.0.1:")
     if out is None:
         peer.stop()
@@ -220,14 +263,24 @@ for v in VERSIONS:
         peer, port = s_server(v, "-www")
         with peer:
             exp = check_server(port, v, http="/")
-        expect(exp, "full_close", answer="close_notify", full_shutdown_reports="complete")
-        expect(exp, "server_close", ending="close_notify")
-        assert exp["server_close"]["data_bytes"] > 0
-        expect(exp, "half_close", ending="close_notify")
-        assert exp["half_close"]["bytes_after_our_close_notify"] > 0
-        expect(exp, "bare_fin", answer="alert", answer_detail="decode error (fatal)")
-        expect_write_only(exp, v)
-        expect_resumes(exp)
+        expect_observed("s_server", exp, v)
+
+
+@test("openssl s_server without HTTP: idle mode, readable table")
+def _():
+    peer, port = s_server("1.3")
+    with peer:
+        start = time.monotonic()
+        status, out, err = closecheck("127.0.0.1", port, "--cafile", CERT, "--timeout", 500)
+        took = time.monotonic() - start
+    assert status == 0, err
+    assert out.startswith("closecheck 127.0.0.1 port %d, TLSv1.3\n" % port), out
+    assert out.count("   => ") == 6, out
+    # Idle: s_server never closes a quiet connection; closecheck waits --timeout, no more.
+    assert "trigger                      idle" in out, out
+    assert "did not close within 500 ms (its idle timeout is longer; try --http)" in out, out
+    assert "answers close_notify" in out, out
+    assert took < 5, took
 
 
 for v in VERSIONS:
@@ -239,12 +292,7 @@ for v in VERSIONS:
                                                    "--priority", prio, "-p", str(p)])
         with peer:
             exp = check_server(port, v, http="/")
-        if REPORT:
-            print(peer.output()[-2000:])
-        expect(exp, "full_close", answer="close_notify", full_shutdown_reports="complete")
-        expect(exp, "server_close", ending="close_notify")
-        expect_write_only(exp, v)
-        expect_resumes(exp)
+        expect_observed("gnutls-serv", exp, v)
 
 
 NGINX_CONF = """
@@ -291,10 +339,7 @@ for v in VERSIONS:
         peer, port = start_on_free_port(argv)
         with peer:
             exp = check_server(port, v, http="/")
-        expect(exp, "full_close", answer="fin", full_shutdown_reports="sent, stream_truncated")
-        expect(exp, "server_close", ending="close_notify")
-        expect_write_only(exp, v)
-        expect_resumes(exp)
+        expect_observed("nginx", exp, v)
 
 
 HAPROXY_CONF = """
@@ -327,9 +372,7 @@ for v in VERSIONS:
         peer, port = start_on_free_port(argv)
         with peer:
             exp = check_server(port, v, http="/")
-        expect(exp, "full_close", answer="close_notify", full_shutdown_reports="complete")
-        expect_write_only(exp, v)
-        expect_resumes(exp)
+        expect_observed("haproxy", exp, v)
 
 
 LIGHTTPD_CONF = """
@@ -364,9 +407,7 @@ for v in VERSIONS:
         peer, port = start_on_free_port(argv)
         with peer:
             exp = check_server(port, v, http="/")
-        expect(exp, "full_close", answer="close_notify", full_shutdown_reports="complete")
-        expect_write_only(exp, v)
-        expect_resumes(exp)
+        expect_observed("lighttpd", exp, v)
 
 
 PYTHON_SERVER = r'''
@@ -402,8 +443,7 @@ for v in VERSIONS:
             assert out is not None, "python server did not start:\n" + peer.output()
             port = int(out.split("listening ")[1].split()[0])
             exp = check_server(port, v, http="/")
-        expect(exp, "server_close", ending="fin")
-        expect_write_only(exp, v)
+        expect_observed("python", exp, v)
 
 
 # ---------------------------------------------------------------- --listen
@@ -443,7 +483,8 @@ for v in VERSIONS:
             r = listen_report(peer)
         assert r["tls_version"] == "TLSv" + v
         assert r["answer"] == "http response (keep-alive)"
-        assert r["client_close"] == "close_notify", r
+        assert r["client_close"] == "close_notify" and r["client_close_then"] == "fin", r
+        assert r["client_close_waited_for_ours"] is False, r
 
 
 for v in VERSIONS:
@@ -458,7 +499,8 @@ for v in VERSIONS:
                                     input="hello from s_client\n", capture_output=True, text=True, timeout=10)
             r = listen_report(peer)
         assert r["request_bytes"] == len("hello from s_client\n"), r
-        assert r["client_close"] in ("close_notify", "fin"), r
+        assert r["answer"] == "a line", r
+        assert r["client_close"] == "close_notify" and r["client_close_then"] == "fin", r
 
 
 for v in VERSIONS:
@@ -476,6 +518,37 @@ for v in VERSIONS:
                 client.proc.stdin.close()
         assert r["client_close"] == "none", r
         assert r["answer_to_our_close_notify"] == "close_notify", r
+        assert r["answer_to_our_close_notify_ms"] < 500, r
+
+
+PYTHON_CLIENT = r'''
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))), server_hostname="localhost")
+s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+got = b""
+while b"received" not in got:
+    got += s.recv(4096)
+if sys.argv[3] == "fin":
+    s.close()  # Python's close(): a bare FIN, no close_notify
+else:
+    s.unwrap()  # close_notify, waiting for ours
+    s.close()
+'''
+
+for how in ("fin", "close_notify"):
+    @test("--listen with a python ssl client closing with " + how)
+    def _(how=how):
+        peer, port = start_listen()
+        with peer:
+            status, _, err = run([sys.executable, "-c", PYTHON_CLIENT, str(port), CERT, how], seconds=10)
+            assert status == 0, err
+            r = listen_report(peer)
+        assert r["answer"] == "http response (keep-alive)", r
+        assert r["client_close"] == how, r
+        assert r["client_close_ms"] < 500, r
+        if how == "close_notify":  # unwrap() waits for our answer
+            assert r["client_close_waited_for_ours"] is True and r["client_close_then"] == "fin", r
 
 
 # ---------------------------------------------------------------- bad input
