@@ -25,6 +25,7 @@
 #include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -657,7 +658,7 @@ result full_close(client_setup& cs)
         r.summary = "answers close_notify (" + fixed(e.ms) + " ms): tls::full_shutdown completes";
     else if (e.how == "fin")
         r.summary = "ends with a bare FIN instead of answering: tls::full_shutdown reports stream_truncated; "
-                    "fast_shutdown loses nothing here";
+                    "fast_shutdown, which does not wait for the answer, fits this server";
     else if (e.how == "rst")
         r.summary = "resets instead of answering: tls::full_shutdown reports stream_truncated; use fast_shutdown";
     else if (e.how == "alert")
@@ -705,6 +706,26 @@ result server_close(client_setup& cs)
     return r;
 }
 
+// Waits (up to 200 ms, or the timeout) for something to arrive without
+// reading it, then until the bytes waiting stop growing for 20 ms: the
+// server's tickets come in one or several segments right after the handshake.
+void wait_for_arrivals(int fd, milliseconds timeout)
+{
+    const auto until = clock_type::now() + std::min(timeout, milliseconds(200));
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, ms_left(until)) <= 0)
+        return;
+    int seen = unread_bytes(fd);
+    for (;;) {
+        const timespec step{0, 20'000'000};
+        ::nanosleep(&step, nullptr);
+        const int now = unread_bytes(fd);
+        if (now == seen || clock_type::now() >= until)
+            return;
+        seen = now;
+    }
+}
+
 // 3. A write-only TLS 1.3 client (scenario 23): it sends and never reads, so
 //    the tickets sit unread when it closes; tls_stream's close processes them.
 result write_only(client_setup& cs)
@@ -718,36 +739,35 @@ result write_only(client_setup& cs)
     auto c = open_client<tls::fast_shutdown>(cs);
     r.add_bool("applicable", true);
     std::error_code ec;
-    const std::string payload = cs.opt.http_path ? http_request(cs, false) : std::string("closecheck\n");
+    // The start of a request, not all of it: the server has nothing to
+    // answer yet, so what arrives is the tickets alone.
+    std::string payload = cs.opt.http_path ? http_request(cs, false) : std::string("closecheck\r\n\r\n");
+    payload.resize(payload.size() - 2);
     c->s->write_all(bytes_of(payload), ec);
     if (ec)
         throw run_error("writing failed: " + ec.message());
-    // Give the tickets a moment to arrive, without reading them.
-    pollfd p{c->fd(), POLLIN, 0};
-    ::poll(&p, 1, static_cast<int>(std::min<long long>(cs.opt.timeout.count(), 200)));
+    wait_for_arrivals(c->fd(), cs.opt.timeout);
     const int unread_before = unread_bytes(c->fd());
     const tls::shutdown_result res = c->s->shutdown(ec);
-    const int unread_after = unread_bytes(c->fd());
+    // Counted by the message callback: the tickets the close itself processed.
     r.add_number("tickets", c->obs.tickets);
     r.add_number("unread_bytes_before_close", unread_before);
-    r.add_number("unread_bytes_after_close", unread_after);
     r.add_bool("close_notify_sent", res == tls::shutdown_result::sent || res == tls::shutdown_result::complete);
-    // Our FIN followed our close_notify; what does the server do next?
+    // Our FIN followed our close_notify; what does the server do next? (What
+    // arrives after our close, e.g. its answer to our close_notify, is read
+    // here; a socket closed without reading it would send a reset.)
     const raw_end after = wait_raw_end(c->fd(), clock_type::now() + cs.opt.timeout);
     r.add("server_then", after.how);
     r.add_number("server_bytes_then", static_cast<double>(after.bytes));
-    std::string s = c->obs.tickets > 0 ? "sends " + std::to_string(c->obs.tickets)
-                                             + " ticket(s) a write-only client "
-                                               "never reads"
-                                       : "sent no ticket";
-    if (unread_after == 0)
-        s += "; nothing was left unread, so closing our socket sends no reset";
-    else
-        s += "; " + std::to_string(unread_after) + " bytes left unread: closing the socket sends a reset";
+    std::string s = c->obs.tickets > 0
+                        ? "sends " + std::to_string(c->obs.tickets)
+                              + " ticket(s) that a write-only client never reads (" + std::to_string(unread_before)
+                              + " bytes unread when the close began); the close processed them"
+                        : "no ticket had arrived";
     if (after.how == "rst")
-        s += "; the server reset the connection after our close (our close_notify may be lost)";
+        s += "; the server reset the connection after our close_notify and FIN (our close_notify may be lost)";
     else if (after.how == "fin")
-        s += "; the server then closed with a FIN, no reset (client-side view: the server's own log tells "
+        s += "; the server then ended with a FIN, no reset (the client's view: the server's own log tells "
              "whether it read our close_notify)";
     else
         s += "; the server did not close within " + timeout_text(cs.opt);
@@ -771,9 +791,14 @@ result half_close(client_setup& cs)
     const ending e = read_until_end(*c->s, c->obs, clock_type::now() + cs.opt.timeout);
     r.add_number("bytes_after_our_close_notify", static_cast<double>(e.bytes));
     add_ending(r, "ending", e);
-    if (e.bytes > 0)
-        r.summary = "keeps sending after our close_notify (" + std::to_string(e.bytes)
-                    + " bytes): close_write() then read_some() until 0 gets the whole answer";
+    const std::string sent = std::to_string(e.bytes) + " bytes";
+    if (e.bytes > 0 && e.how == "close_notify")
+        r.summary = "keeps sending after our close_notify (" + sent
+                    + "), then its close_notify: close_write() then read_some() until 0 gets the whole answer";
+    else if (e.bytes > 0)
+        r.summary = "keeps sending after our close_notify (" + sent + "), but then ends with " + describe(e)
+                    + ": read_some() reports that after the answer, so a half-closed client cannot tell the answer "
+                      "complete";
     else
         r.summary = std::string("sent nothing after our close_notify")
                     + (http ? ": a half-closed request gets no answer; keep the write side open until the response"
@@ -788,9 +813,8 @@ std::string resume_after(client_setup& cs, bool& worked_around)
     {
         auto c = open_client<Policy>(cs);
         // TLS 1.3 tickets come after the handshake; the close processes what
-        // has arrived, so wait (without reading) until something has.
-        pollfd p{c->fd(), POLLIN, 0};
-        ::poll(&p, 1, static_cast<int>(std::min<long long>(cs.opt.timeout.count(), 200)));
+        // has arrived, so wait (without reading) until they have.
+        wait_for_arrivals(c->fd(), cs.opt.timeout);
         std::error_code ignored;
         c->s->shutdown(ignored);
         // Library bug, worked around: when the peer's FIN arrives while the
