@@ -607,7 +607,9 @@ def _():
     try:
         expect_failure(1, ["127.0.0.1", port, "--insecure"], "not a TLS server")
     finally:
+        srv.shutdown(socket.SHUT_RDWR)  # wakes the accept() in the thread
         srv.close()
+        t.join(5)
 
 
 @test("bad input: a silent TCP server")
