@@ -527,6 +527,17 @@ for v in VERSIONS:
         assert r["answer_to_our_close_notify_then"] == "fin", r
 
 
+@test("--listen with a client that rejects the certificate (curl without --cacert)")
+def _():
+    need("curl")
+    peer, port = start_listen()
+    with peer:
+        status, _, _ = run(["curl", "-sS", "https://127.0.0.1:%d/" % port], seconds=10)
+        assert status != 0
+        r = listen_report(peer)
+    assert r["handshake"].startswith("failed: ") and "unknown ca" in r["handshake"], r
+
+
 PYTHON_CLIENT = r'''
 import socket, ssl, sys
 ctx = ssl.create_default_context(cafile=sys.argv[2])
