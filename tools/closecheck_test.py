@@ -39,6 +39,10 @@ class Skip(Exception):
 # ---------------------------------------------------------------- processes
 
 
+LIVE = set()  # process groups of running peers, for the SIGTERM handler
+LIVE_LOCK = threading.Lock()
+
+
 class Peer:
     """A child in its own process group, killed (group-wide) on exit."""
 
@@ -46,8 +50,10 @@ class Peer:
         self.argv = argv
         self.log_path = os.path.join(TMP, "log-%d-%s" % (threading.get_ident(), os.path.basename(argv[0])))
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(argv, cwd=cwd, stdin=stdin, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        with LIVE_LOCK:
+            self.proc = subprocess.Popen(argv, cwd=cwd, stdin=stdin, stdout=self.log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+            LIVE.add(self.proc.pid)
 
     def output(self):
         with open(self.log_path, "rb") as f:
@@ -87,6 +93,8 @@ class Peer:
         if self.proc.stdin:
             self.proc.stdin.close()
         self.log.close()
+        with LIVE_LOCK:
+            LIVE.discard(self.proc.pid)
 
     def __enter__(self):
         return self
@@ -653,6 +661,17 @@ def _():
 # ---------------------------------------------------------------- runner
 
 
+def kill_live_peers(signum, _frame):
+    """Meson's timeout (SIGTERM) or ^C: the peers, in sessions of their own, must not outlive us."""
+    for pgid in list(LIVE):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    shutil.rmtree(TMP, ignore_errors=True)
+    os._exit(128 + signum)
+
+
 def main():
     global CLOSECHECK, TMP, REPORT
     args = sys.argv[1:]
@@ -663,6 +682,8 @@ def main():
     REPORT = "--report" in args
     wanted = [a for a in args[1:] if a != "--report"]
     TMP = tempfile.mkdtemp(prefix="closecheck-test-")
+    signal.signal(signal.SIGTERM, kill_live_peers)
+    signal.signal(signal.SIGINT, kill_live_peers)
     started = time.monotonic()
     try:
         make_certificate()
