@@ -535,6 +535,24 @@ for v in VERSIONS:
         assert r["answer_to_our_close_notify_then"] == "fin", r
 
 
+@test("--listen --count 2 reports two connections, then exits")
+def _():
+    need("curl")
+    peer = Peer([CLOSECHECK, "--listen", "0", "--cert", CERT, "--key", KEY, "--count", "2", "--timeout",
+                 str(TIMEOUT_MS)])
+    with peer:
+        out = peer.wait_output("listening on port ")
+        assert out is not None, peer.output()
+        port = int(out.split("listening on port ")[1].split()[0])
+        for _ in range(2):
+            status, _, err = run(["curl", "-sS", "--cacert", CERT, "https://127.0.0.1:%d/" % port], seconds=10)
+            assert status == 0, err
+        peer.proc.wait(10)
+        assert peer.proc.returncode == 0, peer.output()
+        # The readable form: one block per connection.
+        assert peer.output().count("=> the client closes with close_notify") == 2, peer.output()
+
+
 @test("--listen with a client that rejects the certificate (curl without --cacert)")
 def _():
     need("curl")
