@@ -72,7 +72,7 @@ gate_soak() {
 
 gate_format() {
     local files
-    mapfile -t files < <(git ls-files -- 'include/*.hpp' 'tests/*.cpp' 'tests/*.hpp' 'examples/*.cpp' 'examples/*.hpp' 'bench/*.cpp' 'bench/*.hpp')
+    mapfile -t files < <(git ls-files -- 'include/*.hpp' 'tests/*.cpp' 'tests/*.hpp' 'examples/*.cpp' 'examples/*.hpp' 'bench/*.cpp' 'bench/*.hpp' 'tools/*.cpp')
     clang-format --dry-run --Werror "${files[@]}"
     echo "format: ${#files[@]} files formatted as .clang-format says"
 }

@@ -15,6 +15,8 @@ set -euo pipefail
 packages=(g++ clang ninja-build pkg-config libssl-dev meson catch2 cmake libasio-dev)
 # The interop suite's external TLS peers (libssl-dev does not pull in the CLI).
 packages+=(openssl gnutls-bin curl python3)
+# closecheck's test peers (tools/closecheck_test.py runs them in the foreground).
+packages+=(nginx-light haproxy lighttpd lighttpd-mod-openssl)
 backported=(meson catch2)
 ci=false
 case "${1:-}" in
