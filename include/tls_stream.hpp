@@ -707,27 +707,26 @@ public:
     /// progress is ready.
     int native_handle() const noexcept { return epfd_; }
 
-    /// Advances every close that can progress, without waiting; ends those
-    /// past their deadline. Each close gets a bounded share of work per call.
+    /// Advances closes that can progress, without waiting; ends those past
+    /// their deadline (first). The work per call is bounded (each close's
+    /// step, and at most 64 closes): what is left is reported again by
+    /// `native_handle()` and `next_deadline()` (then in the past). Cheap when
+    /// nothing is ready, so a loop may simply call it on every iteration.
     void run_ready()
     {
-        std::vector<detail::close_job*> due;
-        epoll_event events[64];
-        // Bounded: each close is visited at most once per call (level-triggered,
-        // whatever is left is reported again next time).
-        for (std::size_t rounds = jobs_.size() / 64 + 1; rounds > 0; --rounds) {
-            const int n = ::epoll_wait(epfd_, events, 64, 0);
-            for (int i = 0; i < n; ++i)
-                due.push_back(static_cast<detail::close_job*>(events[i].data.ptr));
-            if (n < 64)
-                break;
-        }
+        std::size_t budget = max_jobs_per_run;
         const auto now = detail::steady::now();
-        for (auto it = timers_.begin(); it != timers_.end() && it->first <= now; ++it)
-            due.push_back(it->second);
-        for (detail::close_job* job : due)
-            if (jobs_.count(job) != 0) // a job listed twice has ended on its first visit
+        while (budget > 0 && !timers_.empty() && timers_.begin()->first <= now) {
+            advance(timers_.begin()->second); // reschedules it later, or ends it
+            --budget;
+        }
+        epoll_event events[max_jobs_per_run];
+        const int n = budget == 0 || jobs_.empty() ? 0 : ::epoll_wait(epfd_, events, static_cast<int>(budget), 0);
+        for (int i = 0; i < n; ++i) {
+            auto* job = static_cast<detail::close_job*>(events[i].data.ptr);
+            if (jobs_.count(job) != 0)
                 advance(job);
+        }
     }
 
     /// When `run_ready()` must run at the latest (a deadline, or a
@@ -816,6 +815,8 @@ private:
             jobs_.erase(job); // frees the SSL, then closes the socket
         }
     }
+
+    static constexpr std::size_t max_jobs_per_run = 64;
 
     int epfd_;
     std::unordered_map<detail::close_job*, std::unique_ptr<detail::close_job>> jobs_;
@@ -1832,6 +1833,7 @@ private:
         const bool accepting = (SSL_get_options(ssl) & SSL_OP_IGNORE_UNEXPECTED_EOF) != 0;
         if (!accepting)
             SSL_set_options(ssl, SSL_OP_IGNORE_UNEXPECTED_EOF);
+        const int flags = SSL_get_shutdown(ssl);
         // Bounded by a record count, not a deadline: a quiet close, whose
         // deadline is now, still processes the tickets that have arrived.
         const detail::deadline until = std::exchange(t_->until, std::nullopt);
@@ -1851,6 +1853,9 @@ private:
         }
         if (!accepting)
             SSL_clear_options(ssl, SSL_OP_IGNORE_UNEXPECTED_EOF);
+        // An accepted end of the transport sets the shutdown flags to
+        // "received" only; without "sent", SSL_free would evict the session.
+        SSL_set_shutdown(ssl, SSL_get_shutdown(ssl) | flags);
         t_->until = until;
         ERR_clear_error();
         return data;
