@@ -96,6 +96,7 @@ struct options {
     int rounds = 1;
     bool quick = false;
     int inflight = 128; // the client's handshakes in progress at most
+    long rate = 0;      // requests per second over all clients; 0: all at once
 };
 
 // ---------------------------------------------------------------- set-up
@@ -214,6 +215,7 @@ public:
 
     loop_stats stats;
     clk::time_point first_accept{}, all_open{};
+    double cpu_all_open = 0; // the process's CPU seconds when all handshakes had ended
     std::size_t heap_all_open = 0;
     long failed = 0;
     std::vector<long long> deadline_ns_; // per client connection index: its close's deadline
@@ -234,6 +236,7 @@ protected:
         if (++resolved_ != opt_.conns)
             return;
         all_open = clk::now();
+        cpu_all_open = cpu_seconds();
         heap_all_open = heap_in_use();
         check(::write(go_fd_, "gg", 2) == 2, "write go"); // one for each client process
     }
@@ -691,7 +694,8 @@ public:
         epoll_event events[max_events];
         start_more();
         while (done_ < static_cast<long>(conns_.size())) {
-            const int n = ::epoll_wait(epfd_, events, max_events, 1000);
+            const bool pacing = going_ && sending_ < conns_.size();
+            const int n = ::epoll_wait(epfd_, events, max_events, pacing ? 1 : 1000);
             for (int i = 0; i < n; ++i) {
                 if (events[i].data.ptr == nullptr) {
                     go();
@@ -700,6 +704,7 @@ public:
                 advance(*static_cast<client_connection*>(events[i].data.ptr), events[i].events);
             }
             start_more();
+            send_due();
         }
         return fin_ns_;
     }
@@ -757,11 +762,31 @@ private:
         ::epoll_ctl(epfd_, EPOLL_CTL_DEL, go_fd_, nullptr);
         if (!went)
             return;
-        for (auto& c : conns_)
+        going_ = true;
+        go_time_ = clk::now();
+        send_due();
+    }
+
+    // The requests due by now: all of them, or this process's share of --rate.
+    void send_due()
+    {
+        if (!going_ || sending_ == conns_.size())
+            return;
+        std::size_t due = conns_.size();
+        if (opt_.rate > 0) {
+            const double share =
+                static_cast<double>(opt_.rate) * static_cast<double>(conns_.size()) / static_cast<double>(opt_.conns);
+            due = std::min(
+                due,
+                static_cast<std::size_t>(share * std::chrono::duration<double>(clk::now() - go_time_).count()) + 1);
+        }
+        for (; sending_ < due; ++sending_) {
+            client_connection& c = conns_[sending_];
             if (c.st == client_connection::state::idle) {
                 c.st = client_connection::state::writing;
                 advance(c, 0);
             }
+        }
     }
 
     void end(client_connection& c)
@@ -879,6 +904,9 @@ private:
     std::vector<client_connection> conns_;
     std::vector<long long> fin_ns_;
     long next_ = 0, inflight_ = 0, done_ = 0;
+    bool going_ = false;
+    clk::time_point go_time_{};
+    std::size_t sending_ = 0; // conns_[0, sending_) have been asked to send their request
 };
 
 // ---------------------------------------------------------------- one phase
@@ -889,8 +917,9 @@ struct result {
     long conns = 0;
     long failed = 0;
     double cpu_s = 0;
-    double open_s = 0;  // first accept -> all handshakes done
-    double total_s = 0; // the whole phase, the last close included
+    double cpu_after_s = 0; // after all handshakes: requests, echoes, closes
+    double open_s = 0;      // first accept -> all handshakes done
+    double total_s = 0;     // the whole phase, the last close included
     double heap_per_conn = 0;
     loop_stats loop;
     std::vector<double> late_ms; // per silent peer: FIN seen - deadline
@@ -966,6 +995,7 @@ result run_phase(const char* name, const options& opt, SSL_CTX* server_ctx, SSL_
         Server s(opt, listener, go[1], server_ctx);
         res.finished = s.run(limit);
         res.cpu_s = cpu_seconds() - cpu0;
+        res.cpu_after_s = cpu_seconds() - s.cpu_all_open;
         res.total_s = std::chrono::duration<double>(clk::now() - t0).count();
         res.open_s = std::chrono::duration<double>(s.all_open - s.first_accept).count();
         res.heap_per_conn =
@@ -1012,6 +1042,7 @@ result merge(const std::vector<result>& rs)
         m.conns += r.conns;
         m.failed += r.failed;
         m.cpu_s += r.cpu_s;
+        m.cpu_after_s += r.cpu_after_s;
         m.open_s += r.open_s;
         m.total_s += r.total_s;
         m.heap_per_conn = std::max(m.heap_per_conn, r.heap_per_conn);
@@ -1030,6 +1061,7 @@ result merge(const std::vector<result>& rs)
 }
 
 double cpu_us_per_conn(const result& r) { return r.cpu_s * 1e6 / static_cast<double>(r.conns); }
+double cpu_after_us_per_conn(const result& r) { return r.cpu_after_s * 1e6 / static_cast<double>(r.conns); }
 double conns_per_s(const result& r) { return static_cast<double>(r.conns) / r.open_s; }
 double late_max(const result& r) { return r.late_ms.empty() ? 0 : r.late_ms.back(); }
 double late_p99(const result& r)
@@ -1042,9 +1074,10 @@ double late_p99(const result& r)
 
 void print_row(const result& r)
 {
-    std::printf("| %s | %.0f | %.0f | %.1f | %.2f | %.2f (%.2f) | %.2f | %.1f / %.1f%s |\n", r.name, cpu_us_per_conn(r),
-                conns_per_s(r), r.heap_per_conn / 1024, ms_of(r.loop.longest), ms_of(r.loop.longest_with_close),
-                ms_of(r.loop.longest_with_close_cpu), ms_of(r.loop.longest_close_work), late_max(r), late_p99(r),
+    std::printf("| %s | %.0f | %.1f | %.0f | %.1f | %.2f | %.2f (%.2f) | %.2f | %.1f / %.1f%s |\n", r.name,
+                cpu_us_per_conn(r), cpu_after_us_per_conn(r), conns_per_s(r), r.heap_per_conn / 1024,
+                ms_of(r.loop.longest), ms_of(r.loop.longest_with_close), ms_of(r.loop.longest_with_close_cpu),
+                ms_of(r.loop.longest_close_work), late_max(r), late_p99(r),
                 r.no_fin > 0 ? (" (" + std::to_string(r.no_fin) + " without FIN)").c_str() : "");
 }
 
@@ -1063,17 +1096,20 @@ int main(int argc, char** argv)
             conns_given = true;
         } else if (a == "--timeout" && i + 1 < argc)
             opt.timeout = milliseconds(std::strtol(argv[++i], nullptr, 10));
+        else if (a == "--rate" && i + 1 < argc)
+            opt.rate = std::strtol(argv[++i], nullptr, 10);
         else if (a == "--rounds" && i + 1 < argc)
             opt.rounds = static_cast<int>(std::strtol(argv[++i], nullptr, 10));
         else {
-            std::fprintf(stderr, "usage: eventloop_bench [--quick] [--conns N] [--timeout MS] [--rounds R]\n");
+            std::fprintf(stderr,
+                         "usage: eventloop_bench [--quick] [--conns N] [--timeout MS] [--rounds R] [--rate PER_S]\n");
             return 2;
         }
     }
     if (opt.quick && !conns_given)
         opt.conns = 1000;
-    if (opt.conns < 10 || opt.conns > 20000 || opt.rounds < 1 || opt.timeout.count() < 1) {
-        std::fprintf(stderr, "eventloop_bench: --conns 10..20000, --rounds >= 1, --timeout >= 1\n");
+    if (opt.conns < 10 || opt.conns > 20000 || opt.rounds < 1 || opt.timeout.count() < 1 || opt.rate < 0) {
+        std::fprintf(stderr, "eventloop_bench: --conns 10..20000, --rounds >= 1, --timeout >= 1, --rate >= 0\n");
         return 2;
     }
     raise_fd_limit(opt.conns);
@@ -1099,15 +1135,18 @@ int main(int argc, char** argv)
 
     std::printf("### Event loop: %ld connections, full close, %lld ms shutdown timeout\n\n", opt.conns,
                 static_cast<long long>(opt.timeout.count()));
-    std::printf("%d phase(s) per server, %ld connections each, all open at once; one client in ten never answers "
-                "close_notify. Times in ms; heap in KiB.\n\n",
-                opt.rounds, opt.conns);
-    std::printf("| server | CPU µs/conn | handshakes/s | heap KiB/conn | longest iteration | longest with a close "
+    std::printf("%d phase(s) per server, %ld connections each, all open at once; requests %s; one client in ten "
+                "never answers close_notify. Times in ms; heap in KiB.\n\n",
+                opt.rounds, opt.conns,
+                opt.rate > 0 ? ("paced at " + std::to_string(opt.rate) + "/s").c_str() : "all at once");
+    std::printf("| server | CPU µs/conn | of which after the handshakes | handshakes/s | heap KiB/conn | longest "
+                "iteration | longest with a close "
                 "(its CPU) | longest close work | silent close end − deadline, max / p99 |\n");
-    std::printf("|---|---|---|---|---|---|---|---|\n");
+    std::printf("|---|---|---|---|---|---|---|---|---|\n");
     print_row(t);
     print_row(w);
-    std::printf("| *tls_stream ÷ raw* | %.3f | %.3f | %.2f | | | | |\n\n", cpu_us_per_conn(t) / cpu_us_per_conn(w),
+    std::printf("| *tls_stream ÷ raw* | %.3f | %.3f | %.3f | %.2f | | | | |\n\n",
+                cpu_us_per_conn(t) / cpu_us_per_conn(w), cpu_after_us_per_conn(t) / cpu_after_us_per_conn(w),
                 conns_per_s(t) / conns_per_s(w), t.heap_per_conn / w.heap_per_conn);
 
     const double cpu_ratio = cpu_us_per_conn(t) / cpu_us_per_conn(w);
