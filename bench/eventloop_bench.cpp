@@ -3,7 +3,12 @@
 // OpenSSL (SSL_set_fd, SSL_accept / SSL_read / SSL_write / SSL_shutdown with
 // SSL_get_error, its own deadline timers), both closing by full.
 //
-//   eventloop_bench [--quick] [--conns N] [--timeout MS] [--rounds R]
+//   eventloop_bench [--quick] [--conns N] [--timeout MS] [--rounds R] [--rate PER_S] [--only tls|raw]
+//
+// --quick: 1 000 connections instead of 10 000. --rounds R: R phases per
+// server, interleaved (tls, raw, raw, tls, ...), figures over all of them.
+// --rate: requests paced at PER_S per second instead of all at once.
+// --only: one server, one table row (to profile it, e.g. under strace -c).
 //
 // Each phase (one server, N connections): the client process (forked, raw
 // non-blocking OpenSSL on its own epoll loop) opens N connections, at most
@@ -97,6 +102,7 @@ struct options {
     bool quick = false;
     int inflight = 128; // the client's handshakes in progress at most
     long rate = 0;      // requests per second over all clients; 0: all at once
+    std::string only;   // "tls" or "raw": one server only, one line (for profiling it, e.g. strace -c)
 };
 
 // ---------------------------------------------------------------- set-up
@@ -1064,20 +1070,20 @@ double cpu_us_per_conn(const result& r) { return r.cpu_s * 1e6 / static_cast<dou
 double cpu_after_us_per_conn(const result& r) { return r.cpu_after_s * 1e6 / static_cast<double>(r.conns); }
 double conns_per_s(const result& r) { return static_cast<double>(r.conns) / r.open_s; }
 double late_max(const result& r) { return r.late_ms.empty() ? 0 : r.late_ms.back(); }
-double late_p99(const result& r)
+double late_at(const result& r, double q)
 {
     if (r.late_ms.empty())
         return 0;
-    const auto i = static_cast<std::size_t>(0.99 * static_cast<double>(r.late_ms.size() - 1) + 0.5);
+    const auto i = static_cast<std::size_t>(q * static_cast<double>(r.late_ms.size() - 1) + 0.5);
     return r.late_ms[i];
 }
 
 void print_row(const result& r)
 {
-    std::printf("| %s | %.0f | %.1f | %.0f | %.1f | %.2f | %.2f (%.2f) | %.2f | %.1f / %.1f%s |\n", r.name,
+    std::printf("| %s | %.0f | %.1f | %.0f | %.1f | %.2f | %.2f (%.2f) | %.2f | %.1f / %.1f / %.1f%s |\n", r.name,
                 cpu_us_per_conn(r), cpu_after_us_per_conn(r), conns_per_s(r), r.heap_per_conn / 1024,
                 ms_of(r.loop.longest), ms_of(r.loop.longest_with_close), ms_of(r.loop.longest_with_close_cpu),
-                ms_of(r.loop.longest_close_work), late_max(r), late_p99(r),
+                ms_of(r.loop.longest_close_work), late_max(r), late_at(r, 0.99), late_at(r, 0.5),
                 r.no_fin > 0 ? (" (" + std::to_string(r.no_fin) + " without FIN)").c_str() : "");
 }
 
@@ -1098,11 +1104,14 @@ int main(int argc, char** argv)
             opt.timeout = milliseconds(std::strtol(argv[++i], nullptr, 10));
         else if (a == "--rate" && i + 1 < argc)
             opt.rate = std::strtol(argv[++i], nullptr, 10);
+        else if (a == "--only" && i + 1 < argc)
+            opt.only = argv[++i];
         else if (a == "--rounds" && i + 1 < argc)
             opt.rounds = static_cast<int>(std::strtol(argv[++i], nullptr, 10));
         else {
             std::fprintf(stderr,
-                         "usage: eventloop_bench [--quick] [--conns N] [--timeout MS] [--rounds R] [--rate PER_S]\n");
+                         "usage: eventloop_bench [--quick] [--conns N] [--timeout MS] [--rounds R] [--rate PER_S] "
+                         "[--only tls|raw]\n");
             return 2;
         }
     }
@@ -1121,6 +1130,15 @@ int main(int argc, char** argv)
     SSL_CTX* client_ctx = make_ctx(false, creds);
 
     // Alternate the order (tls, raw, raw, tls, ...) so drifting load hits both.
+    if (opt.only == "tls" || opt.only == "raw") {
+        const result r = opt.only == "tls"
+                             ? run_phase<tls_server>("tls_stream steps + closer", opt, server_ctx, client_ctx)
+                             : run_phase<raw_server>("raw OpenSSL by hand", opt, server_ctx, client_ctx);
+        print_row(r);
+        SSL_CTX_free(server_ctx);
+        SSL_CTX_free(client_ctx);
+        return r.finished ? 0 : 1;
+    }
     std::vector<result> tls_runs, raw_runs;
     for (int r = 0; r < opt.rounds; ++r) {
         for (int k = 0; k < 2; ++k) {
@@ -1141,7 +1159,7 @@ int main(int argc, char** argv)
                 opt.rate > 0 ? ("paced at " + std::to_string(opt.rate) + "/s").c_str() : "all at once");
     std::printf("| server | CPU µs/conn | of which after the handshakes | handshakes/s | heap KiB/conn | longest "
                 "iteration | longest with a close "
-                "(its CPU) | longest close work | silent close end − deadline, max / p99 |\n");
+                "(its CPU) | longest close work | silent close end − deadline, max / p99 / p50 |\n");
     std::printf("|---|---|---|---|---|---|---|---|---|\n");
     print_row(t);
     print_row(w);
