@@ -48,6 +48,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -56,11 +57,13 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <set>
 #include <string>
@@ -695,11 +698,13 @@ public:
     }
 
     // Runs every connection to its end; the FIN times of the silent ones.
-    const std::vector<long long>& run()
+    const std::vector<long long>& run(clk::time_point limit)
     {
         epoll_event events[max_events];
         start_more();
         while (done_ < static_cast<long>(conns_.size())) {
+            if (clk::now() > limit)
+                ::_exit(1);
             const bool pacing = going_ && sending_ < conns_.size();
             const int n = ::epoll_wait(epfd_, events, max_events, pacing ? 1 : 1000);
             for (int i = 0; i < n; ++i) {
@@ -974,11 +979,16 @@ result run_phase(const char* name, const options& opt, SSL_CTX* server_ctx, SSL_
         check(pid[k] >= 0, "fork");
         if (pid[k] != 0)
             continue;
+        // Bounded whatever happens: killed with the parent, and gone by the
+        // phase's limit on its own.
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (::getppid() == 1)
+            ::_exit(1);
         ::close(go[1]);
         ::close(back[k][0]);
         ::close(listener);
         clients cl(opt, client_ctx, port, go[0], k == 1);
-        const auto& fins = cl.run();
+        const auto& fins = cl.run(limit);
         const char* p = reinterpret_cast<const char*>(fins.data());
         std::size_t left = fins.size() * sizeof(long long);
         while (left > 0) {
@@ -1074,7 +1084,7 @@ double late_at(const result& r, double q)
 {
     if (r.late_ms.empty())
         return 0;
-    const auto i = static_cast<std::size_t>(q * static_cast<double>(r.late_ms.size() - 1) + 0.5);
+    const auto i = static_cast<std::size_t>(std::lround(q * static_cast<double>(r.late_ms.size() - 1)));
     return r.late_ms[i];
 }
 
@@ -1087,9 +1097,7 @@ void print_row(const result& r)
                 r.no_fin > 0 ? (" (" + std::to_string(r.no_fin) + " without FIN)").c_str() : "");
 }
 
-} // namespace
-
-int main(int argc, char** argv)
+int run(int argc, char** argv)
 {
     options opt;
     bool conns_given = false;
@@ -1192,4 +1200,16 @@ int main(int argc, char** argv)
     SSL_CTX_free(server_ctx);
     SSL_CTX_free(client_ctx);
     return t.finished && w.finished ? 0 : 1;
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    try {
+        return run(argc, argv);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "eventloop_bench: %s\n", e.what());
+        return 1;
+    }
 }
