@@ -6,6 +6,10 @@
 #
 #   scripts/bench.sh           the full run (15 to 20 minutes on 2 CPUs)
 #   scripts/bench.sh --quick   smaller workloads and 3 runs, for development
+#   scripts/bench.sh --eventloop [--quick]
+#                              only the event-loop benchmark: steps + closer
+#                              against raw non-blocking OpenSSL, 10 000
+#                              connections (1 000 with --quick), about 2 minutes
 #
 # Installs what it needs (scripts/setup.sh bench), builds in release mode
 # into build/bench and runs everything from there.
@@ -13,11 +17,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=()
-case "${1:-}" in
-    --quick) quick=(--quick) ;;
-    "") ;;
-    *) echo "usage: scripts/bench.sh [--quick]" >&2; exit 2 ;;
-esac
+eventloop=false
+for arg in "$@"; do
+    case "$arg" in
+        --quick) quick=(--quick) ;;
+        --eventloop) eventloop=true ;;
+        *) echo "usage: scripts/bench.sh [--eventloop] [--quick]" >&2; exit 2 ;;
+    esac
+done
 
 scripts/setup.sh bench >&2
 dir=build/bench
@@ -25,6 +32,7 @@ dir=build/bench
     meson setup "$dir" --buildtype=release -Dbench=enabled -Dtests=disabled -Dexamples=disabled >&2
 meson compile -C "$dir" >&2
 bench=$dir/bench/tls_bench
+eventloop_bench=$dir/bench/eventloop_bench
 
 echo "### Machine"
 echo
@@ -32,9 +40,16 @@ echo "- CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//
 echo "- kernel: $(uname -sr)"
 echo "- OpenSSL: $(openssl version)"
 echo "- compiler: $(c++ --version | head -n1), meson --buildtype=release"
-echo "- command: scripts/bench.sh ${quick[*]}"
+echo "- command: scripts/bench.sh $*"
 echo "- load average (1, 5, 15 min) before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
+
+if $eventloop; then
+    "$eventloop_bench" "${quick[@]}"
+    echo
+    echo "Load average (1, 5, 15 min) after the run: $(cut -d' ' -f1-3 /proc/loadavg)"
+    exit 0
+fi
 
 taskset -c 0 "$bench" time "${quick[@]}" --title "both threads pinned to one CPU (taskset -c 0)"
 "$bench" time "${quick[@]}" --title "free threads"
