@@ -1,4 +1,4 @@
-// Scenario 23 (SCENARIOS.md): a write-only TLS 1.3 client that closes at
+// Scenario 23 (docs/scenarios.md): a write-only TLS 1.3 client that closes at
 // once, against a real `openssl s_server`. The server's session tickets sit
 // unread in the client's socket; Linux answers close() on such a socket with
 // a reset, which used to throw away a close_notify that Nagle's algorithm

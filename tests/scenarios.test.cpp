@@ -1,4 +1,4 @@
-// Closure scenarios from ../shared/SCENARIOS.md that the topic files do not
+// Closure scenarios of docs/scenarios.md that the topic files do not
 // already prove; each test is tagged [scenario-N]. The rest carry their tag
 // where they live (policy, destructor, errors, io, raii), and scenario 23,
 // which needs an external peer, is in scenario23.test.cpp.
