@@ -25,8 +25,7 @@ using namespace std::chrono_literals;
 using support::ending;
 using support::to_string;
 
-template <class Policy>
-using stream = tls::tls_stream<tls::unique_socket, Policy>;
+using support::stream;
 
 /// How many whole TLS records `wire` holds; -1 if it is not a sequence of
 /// whole records.
@@ -59,8 +58,7 @@ tls::context untrusting_client(int version)
 
 } // namespace
 
-TEMPLATE_TEST_CASE("the destructor never throws", "[destructor]", tls::fast_shutdown, tls::quiet_shutdown,
-                   tls::full_shutdown)
+TEMPLATE_TEST_CASE("the destructor never throws", "[destructor]", TLS_STREAM_TEST_POLICIES)
 {
     STATIC_REQUIRE(std::is_nothrow_destructible_v<stream<TestType>>);
     STATIC_REQUIRE(std::is_nothrow_destructible_v<tls::tls_stream<tls::fd_socket, TestType>>);
@@ -69,9 +67,9 @@ TEMPLATE_TEST_CASE("the destructor never throws", "[destructor]", tls::fast_shut
 // ---------------------------------------------------------------- moved-from / empty
 
 TEMPLATE_TEST_CASE("destroying a moved-from stream does nothing and the moved-to stream keeps the connection",
-                   "[destructor]", tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
+                   "[destructor]", TLS_STREAM_TEST_POLICIES)
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     CAPTURE(version, tcp);
 
@@ -107,9 +105,9 @@ TEMPLATE_TEST_CASE("destroying a moved-from stream does nothing and the moved-to
 // ---------------------------------------------------------------- handshake never completed
 
 TEMPLATE_TEST_CASE("destroying a stream that never ran its handshake puts no byte on the wire",
-                   "[scenario-12][destructor]", tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
+                   "[scenario-12][destructor]", TLS_STREAM_TEST_POLICIES)
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     CAPTURE(version, tcp);
 
@@ -130,9 +128,9 @@ TEMPLATE_TEST_CASE("destroying a stream that never ran its handshake puts no byt
 }
 
 TEMPLATE_TEST_CASE("destroying a stream whose handshake failed sends no close_notify and leaves the error queue empty",
-                   "[scenario-12][destructor]", tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
+                   "[scenario-12][destructor]", TLS_STREAM_TEST_POLICIES)
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     CAPTURE(version, tcp);
 
@@ -177,9 +175,9 @@ TEMPLATE_TEST_CASE("destroying a stream whose handshake failed sends no close_no
 }
 
 TEMPLATE_TEST_CASE("destroying a stream whose handshake timed out puts nothing more on the wire",
-                   "[scenario-12][destructor]", tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
+                   "[scenario-12][destructor]", TLS_STREAM_TEST_POLICIES)
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     CAPTURE(version, tcp);
 
@@ -208,9 +206,9 @@ TEMPLATE_TEST_CASE("destroying a stream whose handshake timed out puts nothing m
 // ---------------------------------------------------------------- a fatal error was seen
 
 TEMPLATE_TEST_CASE("destroying a stream that saw a fatal error puts nothing more on the wire",
-                   "[scenario-13][destructor]", tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
+                   "[scenario-13][destructor]", TLS_STREAM_TEST_POLICIES)
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     CAPTURE(version, tcp);
 
@@ -269,14 +267,14 @@ TEMPLATE_TEST_CASE("destroying a stream that saw a fatal error puts nothing more
 }
 
 TEMPLATE_TEST_CASE("destroying a stream whose write timed out puts nothing more on the wire", "[destructor]",
-                   tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
+                   TLS_STREAM_TEST_POLICIES)
 {
     // A write that times out leaves the stream failed with (possibly) half a
     // record still in OpenSSL's buffer; OpenSSL itself is not in an error
     // state, so only the library stands between a destructor and a flush
     // plus close_notify. AF_UNIX: every byte a send() accepted is already in
     // the peer's receive queue, so "before" and "after" split exactly.
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     CAPTURE(version);
 
     connection<TestType> c(version, false);
@@ -304,7 +302,7 @@ TEMPLATE_TEST_CASE("destroying a stream whose write timed out puts nothing more 
 TEMPLATE_TEST_CASE("destroying a stream after shutdown() only frees it", "[destructor]", tls::fast_shutdown,
                    tls::quiet_shutdown, tls::full_shutdown)
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     CAPTURE(version, tcp);
     constexpr bool quiet = TestType::mode == tls::close_mode::quiet;
@@ -348,7 +346,7 @@ TEMPLATE_TEST_CASE("destroying a stream after shutdown() only frees it", "[destr
 TEST_CASE("after a timed-out full shutdown a second shutdown() returns at once with the same outcome",
           "[scenario-18][destructor]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     CAPTURE(version, tcp);
 
@@ -385,9 +383,9 @@ TEST_CASE("after a timed-out full shutdown a second shutdown() returns at once w
 // ---------------------------------------------------------------- open
 
 TEMPLATE_TEST_CASE("destroying an open stream runs its policy and leaves the error queue empty", "[destructor]",
-                   tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
+                   TLS_STREAM_TEST_POLICIES)
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     CAPTURE(version, tcp);
 
@@ -409,7 +407,7 @@ TEMPLATE_TEST_CASE("destroying an open stream runs its policy and leaves the err
 TEST_CASE("destroying an open full-policy stream swallows a truncated close and returns promptly",
           "[scenario-7][destructor]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     CAPTURE(version, tcp);
 

@@ -284,7 +284,7 @@ TEST_CASE("connect() without a host skips the hostname check and SNI but still v
 TEST_CASE("a transport that ends without close_notify is stream_truncated, never EOF, and stays failed",
           "[scenario-5][errors]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool reset = GENERATE(false, true);
     const bool throwing = GENERATE(false, true);
     CAPTURE(version, reset, throwing);
@@ -338,7 +338,7 @@ TEST_CASE("a transport that ends without close_notify is stream_truncated, never
 
 TEST_CASE("after truncation the destructor of a stream puts nothing on the wire", "[scenario-5][errors]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool full = GENERATE(false, true);
     CAPTURE(version, full);
     support::socket_pair pair = support::tcp_pair();
@@ -470,7 +470,7 @@ TEST_CASE("using tls_stream, including its failures, leaves the process's SIGPIP
 TEST_CASE("a stale entry on the OpenSSL error queue does not change the outcome of connect, read, write or shutdown",
           "[scenario-22][errors]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     CAPTURE(version);
     support::socket_pair pair = support::tcp_pair();
     support::raw_peer peer(support::server_context(version), std::move(pair.b));
@@ -740,7 +740,7 @@ TEST_CASE("release_socket() before a completed bidirectional close is errc::not_
 
 TEST_CASE("read_some with an I/O timeout fails with errc::timeout on time and the stream stays usable", "[errors]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     CAPTURE(version);
     session<> s(version);
     s.stream->set_io_timeout(200ms);

@@ -27,9 +27,9 @@ constexpr std::string_view body = "hello from tls_stream\n";
 } // namespace
 
 TEMPLATE_TEST_CASE("curl sees exactly the closure of the HTTPS responder's policy", "[interop][curl]",
-                   TLS_STREAM_INTEROP_POLICIES)
+                   TLS_STREAM_TEST_POLICIES)
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     CAPTURE(policy_name<TestType>(), dotted(version));
     listener l;
     support::process curl({"curl", "-sS", "-v", "--cacert", support::credentials().ca_file, "--tlsv" + dotted(version),

@@ -71,9 +71,9 @@ std::unique_ptr<stream<Policy>> exchange_with(listener& l, support::process& cli
 } // namespace
 
 TEMPLATE_TEST_CASE("gnutls-serv sees exactly the closure of the client's policy", "[interop][gnutls]",
-                   TLS_STREAM_INTEROP_POLICIES)
+                   TLS_STREAM_TEST_POLICIES)
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     CAPTURE(policy_name<TestType>(), dotted(version));
     auto srv = start_gnutls_serv(version);
 
@@ -109,9 +109,9 @@ TEMPLATE_TEST_CASE("gnutls-serv sees exactly the closure of the client's policy"
 }
 
 TEMPLATE_TEST_CASE("gnutls-cli sees exactly the closure of the server's policy, and never answers", "[interop][gnutls]",
-                   TLS_STREAM_INTEROP_POLICIES)
+                   TLS_STREAM_TEST_POLICIES)
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     CAPTURE(policy_name<TestType>(), dotted(version));
     listener l;
     auto client = start_gnutls_cli(version, l.port());
@@ -151,9 +151,9 @@ TEMPLATE_TEST_CASE("gnutls-cli sees exactly the closure of the server's policy, 
 }
 
 TEMPLATE_TEST_CASE("gnutls-cli's half-close on stdin EOF: the server reads the end, writes on, then closes",
-                   "[interop][gnutls]", TLS_STREAM_INTEROP_POLICIES)
+                   "[interop][gnutls]", TLS_STREAM_TEST_POLICIES)
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     CAPTURE(policy_name<TestType>(), dotted(version));
     listener l;
     auto client = start_gnutls_cli(version, l.port());

@@ -97,12 +97,35 @@ std::unique_ptr<stream<Policy>> exchange_with(listener& l, support::process& cli
     return s;
 }
 
+// What s_server or s_client printed (`out`, with -msg) when our stream closed
+// by `Policy`, and what our shutdown() reported. Both answer a close_notify
+// with their own, so fast reports sent and full complete.
+template <class Policy>
+void check_closure_seen(const std::string& out, tls::shutdown_result r, const std::error_code& ec, int version)
+{
+    if constexpr (Policy::mode == tls::close_mode::quiet) {
+        CHECK(support::to_string(r) == "quiet");
+        CHECK(!ec);
+        CHECK_FALSE(contains(out, "<<< " + msg_version(version) + ", Alert"));
+        CHECK(contains(out, "unexpected eof while reading"));
+    } else {
+        CHECK(contains(out, close_notify_line(true, version)));
+        CHECK_FALSE(contains(out, "unexpected eof"));
+        CHECK(contains(out, close_notify_line(false, version)));
+        if constexpr (Policy::mode == tls::close_mode::full)
+            CHECK(support::to_string(r) == "complete");
+        else
+            CHECK(support::to_string(r) == "sent");
+        CHECK(!ec);
+    }
+}
+
 } // namespace
 
 TEMPLATE_TEST_CASE("openssl s_server sees exactly the closure of the client's policy", "[interop][openssl]",
-                   TLS_STREAM_INTEROP_POLICIES)
+                   TLS_STREAM_TEST_POLICIES)
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     CAPTURE(policy_name<TestType>(), dotted(version));
     s_server srv = start_s_server(version);
     auto s = exchange_with<TestType>(srv, version);
@@ -116,28 +139,13 @@ TEMPLATE_TEST_CASE("openssl s_server sees exactly the closure of the client's po
     const std::string out = srv.proc->output();
     INFO("s_server:\n" << alerts_of(*srv.proc));
 
-    if constexpr (TestType::mode == tls::close_mode::quiet) {
-        CHECK(support::to_string(r) == "quiet");
-        CHECK(!ec);
-        CHECK_FALSE(contains(out, "<<< " + msg_version(version) + ", Alert"));
-        CHECK(contains(out, "unexpected eof while reading"));
-    } else {
-        CHECK(contains(out, close_notify_line(true, version)));
-        CHECK_FALSE(contains(out, "unexpected eof"));
-        // s_server answers a close_notify with its own.
-        CHECK(contains(out, close_notify_line(false, version)));
-        if constexpr (TestType::mode == tls::close_mode::full)
-            CHECK(support::to_string(r) == "complete");
-        else
-            CHECK(support::to_string(r) == "sent");
-        CHECK(!ec);
-    }
+    check_closure_seen<TestType>(out, r, ec, version);
 }
 
 TEMPLATE_TEST_CASE("openssl s_server's Q (no close_notify) is truncation to the client", "[interop][openssl]",
-                   TLS_STREAM_INTEROP_POLICIES)
+                   TLS_STREAM_TEST_POLICIES)
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     CAPTURE(policy_name<TestType>(), dotted(version));
     s_server srv = start_s_server(version);
     auto s = exchange_with<TestType>(srv, version);
@@ -159,9 +167,9 @@ TEMPLATE_TEST_CASE("openssl s_server's Q (no close_notify) is truncation to the 
 }
 
 TEMPLATE_TEST_CASE("openssl s_client sees exactly the closure of the server's policy", "[interop][openssl]",
-                   TLS_STREAM_INTEROP_POLICIES)
+                   TLS_STREAM_TEST_POLICIES)
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     CAPTURE(policy_name<TestType>(), dotted(version));
     listener l;
     auto client = start_s_client(version, l.port());
@@ -175,27 +183,13 @@ TEMPLATE_TEST_CASE("openssl s_client sees exactly the closure of the server's po
     const std::string out = client->output();
     INFO("s_client:\n" << alerts_of(*client));
 
-    if constexpr (TestType::mode == tls::close_mode::quiet) {
-        CHECK(support::to_string(r) == "quiet");
-        CHECK(!ec);
-        CHECK_FALSE(contains(out, "<<< " + msg_version(version) + ", Alert"));
-        CHECK(contains(out, "unexpected eof while reading"));
-    } else {
-        CHECK(contains(out, close_notify_line(true, version)));
-        CHECK_FALSE(contains(out, "unexpected eof"));
-        CHECK(contains(out, close_notify_line(false, version)));
-        if constexpr (TestType::mode == tls::close_mode::full)
-            CHECK(support::to_string(r) == "complete");
-        else
-            CHECK(support::to_string(r) == "sent");
-        CHECK(!ec);
-    }
+    check_closure_seen<TestType>(out, r, ec, version);
 }
 
 TEMPLATE_TEST_CASE("openssl s_client's close_notify on stdin EOF reads as a clean end, then the server answers",
-                   "[interop][openssl]", TLS_STREAM_INTEROP_POLICIES)
+                   "[interop][openssl]", TLS_STREAM_TEST_POLICIES)
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     CAPTURE(policy_name<TestType>(), dotted(version));
     listener l;
     auto client = start_s_client(version, l.port());

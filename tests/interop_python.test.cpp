@@ -76,9 +76,9 @@ python_session<Policy> start_python(role ours, int version, std::vector<std::str
 } // namespace
 
 TEMPLATE_TEST_CASE("a strict Python peer reads the closure of each policy, and full completes when it answers",
-                   "[interop][python]", TLS_STREAM_INTEROP_POLICIES)
+                   "[interop][python]", TLS_STREAM_TEST_POLICIES)
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const role ours = GENERATE(role::client, role::server);
     CAPTURE(policy_name<TestType>(), dotted(version), role_name(ours));
     auto p = start_python<TestType>(ours, version, {"--then", "read", "--answer"});
@@ -101,7 +101,7 @@ TEMPLATE_TEST_CASE("a strict Python peer reads the closure of each policy, and f
 
 TEST_CASE("full ends promptly, not confirmed, when a strict Python peer closes without answering", "[interop][python]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const role ours = GENERATE(role::client, role::server);
     CAPTURE(dotted(version), role_name(ours));
     auto p = start_python<tls::full_shutdown>(ours, version, {"--then", "read"});
@@ -117,9 +117,9 @@ TEST_CASE("full ends promptly, not confirmed, when a strict Python peer closes w
 }
 
 TEMPLATE_TEST_CASE("a strict Python peer's unwrap() completes against fast and full, not against quiet",
-                   "[interop][python]", TLS_STREAM_INTEROP_POLICIES)
+                   "[interop][python]", TLS_STREAM_TEST_POLICIES)
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const role ours = GENERATE(role::client, role::server);
     CAPTURE(policy_name<TestType>(), dotted(version), role_name(ours));
     auto p = start_python<TestType>(ours, version, {"--then", "unwrap"});

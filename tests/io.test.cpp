@@ -11,7 +11,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
-#include <time.h>
 
 #include <array>
 #include <cerrno>
@@ -119,13 +118,6 @@ BIO* divert_writes_to_memory(support::raw_peer& peer)
     // write); this releases the write one and installs the memory BIO.
     SSL_set0_wbio(peer.ssl(), mem);
     return mem;
-}
-
-std::chrono::nanoseconds thread_cpu_time()
-{
-    timespec ts{};
-    support::ensure(::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
 }
 
 // `n` threads meet here; a missing one makes the others throw after 10 s.
@@ -334,6 +326,40 @@ void check_endtls(const endtls_outcome& out, our_close how)
     CHECK(out.peer_received_clear == "CLEAR REPLY");
 }
 
+// The body of the two ENDTLS test cases, which differ only in when the
+// plaintext arrives: in the segment of the peer's close_notify (then part of
+// it is `unread`), or after we released the socket (then `unread` is empty).
+// Either way `unread` followed by what the fd yields is the whole plaintext.
+void check_release_socket(plaintext_arrives when)
+{
+    const int version = TLS_STREAM_TEST_VERSIONS();
+    const bool tcp = GENERATE(true, false);
+    const our_close how = GENERATE(our_close::close_write, our_close::full_shutdown);
+    CAPTURE(version_name(version), tcp, how == our_close::close_write ? "close_write" : "shutdown");
+    const std::string& plaintext = endtls_plaintext();
+    const auto check_plaintext = [&](const endtls_outcome& out) {
+        if (when == plaintext_arrives::with_close_notify)
+            CHECK_FALSE(out.unread.empty());
+        else
+            CHECK(out.unread.empty());
+        CHECK(difference(out.unread + out.from_fd, plaintext) == "");
+    };
+
+    SECTION("borrowed fd_socket: the fd stays open after the stream is gone")
+    {
+        const endtls_outcome out = run_endtls<tls::fd_socket>(tcp, version, how, when);
+        check_endtls(out, how);
+        check_plaintext(out);
+        CHECK(out.fd_open_after_stream_gone);
+    }
+    SECTION("owned unique_socket: the returned socket still owns the fd and closes it")
+    {
+        const endtls_outcome out = run_endtls<tls::unique_socket>(tcp, version, how, when);
+        check_endtls(out, how); // the peer saw EOF, so destroying the returned socket closed the fd
+        check_plaintext(out);
+    }
+}
+
 } // namespace
 
 // ===================================================================== tests
@@ -342,7 +368,7 @@ TEST_CASE("a tls_stream client and server exchange small and 4 MiB messages both
           "shutdown completes on both ends",
           "[scenario-3][io]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     CAPTURE(version_name(version), tcp);
 
@@ -407,7 +433,7 @@ TEST_CASE("a non-blocking fd behaves like a blocking one: the same exchange and 
           "timeout, gives identical results",
           "[scenario-17][io]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     CAPTURE(version_name(version), tcp);
 
@@ -481,9 +507,9 @@ TEST_CASE("read_some waiting out its io timeout burns almost no CPU (no busy-spi
         s.connect();
         s.set_io_timeout(300ms);
         std::array<std::byte, 256> buf{};
-        const auto cpu_before = thread_cpu_time();
+        const auto cpu_before = support::thread_cpu_time();
         wall = support::time_of([&] { waited_n = s.read_some(buf, wait_ec); });
-        cpu = thread_cpu_time() - cpu_before;
+        cpu = support::thread_cpu_time() - cpu_before;
         send_late.open();
         s.set_io_timeout(5s);
         late = read_exactly(s, 9);
@@ -506,7 +532,7 @@ TEST_CASE("after close_write the peer sees our close_notify, read_some receives 
           "writes fail with errc::closed",
           "[scenario-9][io]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     const bool we_are_client = GENERATE(true, false);
     CAPTURE(version_name(version), tcp, we_are_client);
@@ -573,7 +599,7 @@ TEST_CASE("after close_write the peer sees our close_notify, read_some receives 
 TEST_CASE("when the peer sends data, its close_notify and a FIN, read_some returns every byte, then 0, and 0 again",
           "[scenario-4][io]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     const bool one_segment = GENERATE(true, false);
     CAPTURE(version_name(version), tcp, one_segment);
@@ -621,7 +647,7 @@ TEST_CASE("after the peer's close_notify (read_some returned 0) write_all still 
           "sends close_notify",
           "[scenario-19][io]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     const bool full = GENERATE(true, false);
     CAPTURE(version_name(version), tcp, full);
@@ -685,60 +711,19 @@ TEST_CASE("release_socket hands back the plaintext that arrived in the same segm
           "unread, and the rest comes from the fd",
           "[scenario-21][io]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
-    const bool tcp = GENERATE(true, false);
-    const our_close how = GENERATE(our_close::close_write, our_close::full_shutdown);
-    CAPTURE(version_name(version), tcp, how == our_close::close_write ? "close_write" : "shutdown");
-    const std::string& plaintext = endtls_plaintext();
-
-    SECTION("borrowed fd_socket: the fd stays open after the stream is gone")
-    {
-        const endtls_outcome out = run_endtls<tls::fd_socket>(tcp, version, how, plaintext_arrives::with_close_notify);
-        check_endtls(out, how);
-        CHECK_FALSE(out.unread.empty());
-        CHECK(difference(out.unread + out.from_fd, plaintext) == "");
-        CHECK(out.fd_open_after_stream_gone);
-    }
-    SECTION("owned unique_socket: the returned socket still owns the fd and closes it")
-    {
-        const endtls_outcome out =
-            run_endtls<tls::unique_socket>(tcp, version, how, plaintext_arrives::with_close_notify);
-        check_endtls(out, how); // the peer saw EOF, so destroying the returned socket closed the fd
-        CHECK_FALSE(out.unread.empty());
-        CHECK(difference(out.unread + out.from_fd, plaintext) == "");
-    }
+    check_release_socket(plaintext_arrives::with_close_notify);
 }
 
 TEST_CASE("release_socket after a close that read no plaintext returns an empty unread, and the plaintext sent later "
           "all comes from the fd",
           "[scenario-21][io]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
-    const bool tcp = GENERATE(true, false);
-    const our_close how = GENERATE(our_close::close_write, our_close::full_shutdown);
-    CAPTURE(version_name(version), tcp, how == our_close::close_write ? "close_write" : "shutdown");
-    const std::string& plaintext = endtls_plaintext();
-
-    SECTION("borrowed fd_socket")
-    {
-        const endtls_outcome out = run_endtls<tls::fd_socket>(tcp, version, how, plaintext_arrives::later);
-        check_endtls(out, how);
-        CHECK(out.unread.empty());
-        CHECK(difference(out.from_fd, plaintext) == "");
-        CHECK(out.fd_open_after_stream_gone);
-    }
-    SECTION("owned unique_socket")
-    {
-        const endtls_outcome out = run_endtls<tls::unique_socket>(tcp, version, how, plaintext_arrives::later);
-        check_endtls(out, how);
-        CHECK(out.unread.empty());
-        CHECK(difference(out.from_fd, plaintext) == "");
-    }
+    check_release_socket(plaintext_arrives::later);
 }
 
 TEST_CASE("write_some writes a non-zero amount no larger than its buffer", "[io]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     CAPTURE(version_name(version), tcp);
 
@@ -783,7 +768,7 @@ TEST_CASE("write_some writes a non-zero amount no larger than its buffer", "[io]
 
 TEST_CASE("read_some with an empty span returns 0 at once without reading, and the stream goes on", "[io]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     CAPTURE(version_name(version), tcp);
 

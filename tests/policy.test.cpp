@@ -26,13 +26,8 @@ using support::role;
 using support::to_string;
 using ms = std::chrono::milliseconds;
 
-template <class Policy>
-using stream = tls::tls_stream<tls::unique_socket, Policy>;
-
-/// full_shutdown with a short deadline, as a user would derive it.
-struct brief_full : tls::full_shutdown {
-    static constexpr std::chrono::milliseconds timeout{300};
-};
+using support::brief_full; // full_shutdown with a short deadline, as a user would derive it
+using support::stream;
 
 /// fast_shutdown with a long deadline: if fast ever waited for the peer, it
 /// would show as seconds, not milliseconds.
@@ -128,9 +123,9 @@ TEST_CASE("a policy is a type with a mode and a non-negative timeout that a deri
 // ---------------------------------------------------------------- wire outcome of each policy
 
 TEMPLATE_TEST_CASE("destroying an open stream puts exactly its policy's closure on the wire", "[scenario-1][policy]",
-                   tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
+                   TLS_STREAM_TEST_POLICIES)
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     const role r = GENERATE(role::client, role::server);
     CAPTURE(version, tcp);
@@ -156,7 +151,7 @@ TEMPLATE_TEST_CASE("destroying an open stream puts exactly its policy's closure 
 TEST_CASE("fast shutdown returns at once without waiting for the peer's close_notify",
           "[scenario-1][scenario-16][policy]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     CAPTURE(version, tcp);
 
@@ -184,7 +179,7 @@ TEST_CASE("fast shutdown returns at once without waiting for the peer's close_no
 
 TEST_CASE("full shutdown completes when the peer answers close_notify with its own", "[scenario-1][policy]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     CAPTURE(version, tcp);
 
@@ -214,7 +209,7 @@ TEST_CASE("full shutdown completes when the peer answers close_notify with its o
 TEST_CASE("full shutdown returns errc::timeout after its policy's timeout when the peer is silent",
           "[scenario-16][policy]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     CAPTURE(version, tcp);
 
@@ -240,7 +235,7 @@ TEST_CASE("full shutdown returns errc::timeout after its policy's timeout when t
 
 TEST_CASE("set_shutdown_timeout overrides the policy's timeout at run time", "[policy]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     CAPTURE(version);
 
     SECTION("shorter than the policy's (full_shutdown, 3 s -> 200 ms)")
@@ -272,7 +267,7 @@ TEST_CASE("set_shutdown_timeout overrides the policy's timeout at run time", "[p
 TEST_CASE("full shutdown reports stream_truncated at once when the peer ends the transport without close_notify",
           "[scenario-7][policy]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     bool tcp = true;
     bool reset = false;
     SECTION("FIN over TCP") {}
@@ -307,7 +302,7 @@ TEST_CASE("full shutdown reports stream_truncated at once when the peer ends the
 TEST_CASE("full shutdown sends nothing after its close_notify when the peer half-closes without answering",
           "[scenario-7][policy]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     CAPTURE(version, tcp);
 
@@ -339,9 +334,9 @@ TEST_CASE("full shutdown sends nothing after its close_notify when the peer half
 // ---------------------------------------------------------------- the peer closed first
 
 TEMPLATE_TEST_CASE("after the peer's close_notify each policy answers as its table row says and returns at once",
-                   "[scenario-2][policy]", tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
+                   "[scenario-2][policy]", TLS_STREAM_TEST_POLICIES)
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     CAPTURE(version, tcp);
 
@@ -381,7 +376,7 @@ TEMPLATE_TEST_CASE("after the peer's close_notify each policy answers as its tab
 
 TEST_CASE("quiet shutdown reports quiet and puts nothing on the wire", "[scenario-1][scenario-16][policy]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     CAPTURE(version, tcp);
 

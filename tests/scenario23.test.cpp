@@ -1,4 +1,4 @@
-// Scenario 23 (SCENARIOS.md): a write-only TLS 1.3 client that closes at
+// Scenario 23 (docs/scenarios.md): a write-only TLS 1.3 client that closes at
 // once, against a real `openssl s_server`. The server's session tickets sit
 // unread in the client's socket; Linux answers close() on such a socket with
 // a reset, which used to throw away a close_notify that Nagle's algorithm
@@ -41,7 +41,7 @@ std::size_t count(std::string_view text, std::string_view needle)
 
 TEMPLATE_TEST_CASE("a write-only TLS 1.3 client that closes at once never loses its closure to a reset, against "
                    "openssl s_server",
-                   "[scenario-23][interop][openssl]", tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
+                   "[scenario-23][interop][openssl]", TLS_STREAM_TEST_POLICIES)
 {
     const bool wait_for_tickets = GENERATE(true, false);
     const int runs = wait_for_tickets ? 25 : 100;

@@ -1,4 +1,4 @@
-// Closure scenarios from ../shared/SCENARIOS.md that the topic files do not
+// Closure scenarios of docs/scenarios.md that the topic files do not
 // already prove; each test is tagged [scenario-N]. The rest carry their tag
 // where they live (policy, destructor, errors, io, raii), and scenario 23,
 // which needs an external peer, is in scenario23.test.cpp.
@@ -15,7 +15,6 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -37,23 +36,10 @@ using support::to_string;
 using support::version_name;
 using ms = std::chrono::milliseconds;
 
-template <class Policy>
-using stream = tls::tls_stream<tls::unique_socket, Policy>;
-
-struct brief_fast : tls::fast_shutdown {
-    static constexpr std::chrono::milliseconds timeout{300};
-};
-struct brief_full : tls::full_shutdown {
-    static constexpr std::chrono::milliseconds timeout{300};
-};
-
-// CPU time this thread has used.
-std::chrono::nanoseconds thread_cpu()
-{
-    timespec ts{};
-    ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
-}
+using support::brief_fast;
+using support::brief_full;
+using support::stream;
+using support::thread_cpu_time;
 
 } // namespace
 
@@ -62,7 +48,7 @@ std::chrono::nanoseconds thread_cpu()
 TEST_CASE("accepting a missing close_notify is an opt-in, per context or per stream, that reads the end as EOF",
           "[scenario-6][scenario-27]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     enum class opt_in { none, context, stream };
     const opt_in how = GENERATE(opt_in::none, opt_in::context, opt_in::stream);
     CAPTURE(version_name(version), static_cast<int>(how));
@@ -127,7 +113,7 @@ TEST_CASE("accepting a missing close_notify is an opt-in, per context or per str
 TEST_CASE("a full close answered by a fatal alert reports that alert, never complete, and sends nothing more",
           "[scenario-8]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     CAPTURE(version_name(version));
 
     support::session<stream<tls::full_shutdown>> c(version);
@@ -173,7 +159,7 @@ TEST_CASE("a full close answered by a fatal alert reports that alert, never comp
 TEST_CASE("a full close drains the 1 MiB a peer sends after our close_notify and completes without error",
           "[scenario-9]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     CAPTURE(version_name(version), tcp);
 
@@ -200,7 +186,7 @@ TEST_CASE("a full close drains the 1 MiB a peer sends after our close_notify and
 // ---------------------------------------------------------------- 10
 
 TEMPLATE_TEST_CASE("a write-only TLS 1.3 client's close processes the session tickets, so the next connection resumes",
-                   "[scenario-10]", tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
+                   "[scenario-10]", TLS_STREAM_TEST_POLICIES)
 {
     // One server context for both connections: its ticket key decrypts the ticket.
     const tls::context server_ctx = support::server_context(TLS1_3_VERSION);
@@ -249,7 +235,7 @@ void count_removal(SSL_CTX*, SSL_SESSION*) { ++sessions_removed; }
 
 TEMPLATE_TEST_CASE("a TLS 1.2 server's session cache keeps sessions closed by any policy and drops one ended by a "
                    "fatal error",
-                   "[scenario-11]", tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
+                   "[scenario-11]", TLS_STREAM_TEST_POLICIES)
 {
     const bool fatal = GENERATE(false, true);
     CAPTURE(fatal);
@@ -334,9 +320,9 @@ int run_in_child(F body)
 
 TEMPLATE_TEST_CASE("writing to and closing against a peer that is gone, with SIGPIPE at its default, returns errors "
                    "and never kills the process",
-                   "[scenario-14]", tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
+                   "[scenario-14]", TLS_STREAM_TEST_POLICIES)
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     CAPTURE(version_name(version), tcp);
 
@@ -448,14 +434,14 @@ TEST_CASE("on a non-blocking fd without an io timeout, waiting for the peer uses
             c.peer.shutdown();
     });
     std::byte buf[8];
-    const auto cpu0 = thread_cpu();
+    const auto cpu0 = thread_cpu_time();
     const auto wall0 = std::chrono::steady_clock::now();
     const std::size_t n = s.read_some(buf);
-    const auto cpu1 = thread_cpu();
+    const auto cpu1 = thread_cpu_time();
     const auto wall1 = std::chrono::steady_clock::now();
     std::error_code ec;
     const tls::shutdown_result result = s.shutdown(ec);
-    const auto cpu2 = thread_cpu();
+    const auto cpu2 = thread_cpu_time();
     const auto wall2 = std::chrono::steady_clock::now();
     t.join();
 
@@ -476,9 +462,9 @@ TEST_CASE("on a non-blocking fd without an io timeout, waiting for the peer uses
 
 TEMPLATE_TEST_CASE("after close_write writes fail, exactly one close_notify reaches the wire, and a second shutdown "
                    "does nothing",
-                   "[scenario-18]", tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
+                   "[scenario-18]", TLS_STREAM_TEST_POLICIES)
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     CAPTURE(version_name(version));
 
     support::session<stream<TestType>> c(version);
@@ -518,7 +504,7 @@ TEMPLATE_TEST_CASE("after close_write writes fail, exactly one close_notify reac
 
 TEST_CASE("data that follows the peer's close_notify is ignored: the application sees a clean 0", "[scenario-20]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool encrypted = GENERATE(true, false);
     CAPTURE(version_name(version), encrypted);
 
@@ -551,7 +537,7 @@ TEST_CASE("data that follows the peer's close_notify is ignored: the application
 TEMPLATE_TEST_CASE("when a close returns, nothing it wrote is still held back in our socket by Nagle's algorithm",
                    "[scenario-23]", tls::fast_shutdown, tls::full_shutdown)
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     CAPTURE(version_name(version));
 
     // A request and our close_notify right behind it: with the request not
@@ -585,7 +571,7 @@ TEMPLATE_TEST_CASE("when a close returns, nothing it wrote is still held back in
 TEMPLATE_TEST_CASE("after a close that did not complete, our FIN follows at once, even while the socket stays open",
                    "[scenario-23]", tls::fast_shutdown, tls::quiet_shutdown, brief_full)
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     CAPTURE(version_name(version), tcp);
 
@@ -604,7 +590,7 @@ TEMPLATE_TEST_CASE("after a close that did not complete, our FIN follows at once
 
 TEST_CASE("after a completed close the socket can still send in the clear (ENDTLS)", "[scenario-21]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     CAPTURE(version_name(version));
 
     support::session<stream<tls::fast_shutdown>> c(version);

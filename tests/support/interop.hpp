@@ -87,11 +87,8 @@ constexpr const char* policy_name()
 }
 
 /// The stream type of every interop test: it owns its socket.
-template <class Policy>
-using stream = tls::tls_stream<tls::unique_socket, Policy>;
+using support::stream;
 
 } // namespace interop
-
-#define TLS_STREAM_INTEROP_POLICIES tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown
 
 #endif

@@ -59,6 +59,32 @@ std::string text(std::span<const std::byte> b);
 
 /// "TLS 1.2" / "TLS 1.3", for CAPTURE.
 const char* version_name(int version);
+
+/// Catch2's GENERATE over the protocol versions the library supports: the
+/// test case runs once with TLS1_2_VERSION and once with TLS1_3_VERSION.
+/// A macro, because GENERATE must stand in the test case's own body
+/// (`const int version = TLS_STREAM_TEST_VERSIONS();`); the file that uses
+/// it includes catch2/generators/catch_generators.hpp.
+#define TLS_STREAM_TEST_VERSIONS() GENERATE(TLS1_2_VERSION, TLS1_3_VERSION)
+
+/// The three policies, as a TEMPLATE_TEST_CASE's type list.
+#define TLS_STREAM_TEST_POLICIES tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown
+
+/// The stream type most tests use: it owns its socket and closes by `Policy`.
+template <class Policy>
+using stream = tls::tls_stream<tls::unique_socket, Policy>;
+
+/// fast_shutdown and full_shutdown with a short deadline, derived as a user
+/// would: a test that waits out the deadline costs 300 ms, not seconds.
+struct brief_fast : tls::fast_shutdown {
+    static constexpr std::chrono::milliseconds timeout{300};
+};
+struct brief_full : tls::full_shutdown {
+    static constexpr std::chrono::milliseconds timeout{300};
+};
+
+/// The CPU time (user + system) the calling thread has used so far.
+std::chrono::nanoseconds thread_cpu_time();
 /// A deterministic pseudo-random byte pattern (splitmix64), different per
 /// seed, so that a lost or reordered byte shows.
 std::string pattern(std::size_t n, std::uint64_t seed);
