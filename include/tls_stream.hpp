@@ -3,17 +3,19 @@
 //
 // SPDX-License-Identifier: MIT
 //
-// Sections: errors, context, sockets, transport (BIO), policies, event
-// loops (want, the closer), stream.
+// Sections: errors, context, sessions, sockets, transport (BIO), policies,
+// event loops (want, the closer), stream.
 #ifndef TLS_STREAM_HPP
 #define TLS_STREAM_HPP
 
 #include <openssl/bio.h>
 #include <openssl/err.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -21,6 +23,7 @@
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -28,9 +31,15 @@
 #include <climits>
 #include <concepts>
 #include <cstddef>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <limits>
+#include <list>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <span>
@@ -158,7 +167,204 @@ inline void throw_if(const std::error_code& ec, const char* what)
 
 // ---------------------------------------------------------------- context
 
+/// The protocol versions a context can be limited to (never below TLS 1.2).
+enum class protocol_version {
+    tls1_2 = TLS1_2_VERSION,
+    tls1_3 = TLS1_3_VERSION,
+};
+
+/// What a server context asks of its clients' certificates.
+enum class client_auth {
+    none,    ///< no certificate is asked for (the default)
+    request, ///< asked for; a client may send none, but one it sends must verify
+    require, ///< a client that sends none fails the handshake
+};
+
+namespace detail {
+
+// OpenSSL takes these strings as C strings and would stop at an embedded
+// NUL, silently using a shorter name than the caller gave.
+inline bool has_nul(std::string_view s) noexcept { return s.find('\0') != std::string_view::npos; }
+
+// `function("argument")` for an exception's message; NUL bytes shown as \0.
+inline std::string call_text(const char* function, std::string_view argument)
+{
+    std::string out = std::string(function) + "(\"";
+    for (const char c : argument)
+        out += c == '\0' ? std::string_view("\\0") : std::string_view(&c, 1);
+    return out + "\")";
+}
+
+inline void throw_if(const std::error_code& ec, const char* function, std::string_view argument)
+{
+    if (ec) [[unlikely]]
+        throw_error(ec, call_text(function, argument).c_str());
+}
+
+using session_ptr = std::unique_ptr<SSL_SESSION, deleter<&SSL_SESSION_free>>;
+
+// Client sessions by server name; the least recently used one goes first.
+// Shared by every stream of a context, possibly on several threads.
+class session_cache {
+public:
+    explicit session_cache(std::size_t capacity) : capacity_(capacity) {}
+
+    void put(const std::string& name, session_ptr s)
+    {
+        const std::lock_guard lock(mutex_);
+        if (const auto it = index_.find(name); it != index_.end()) {
+            lru_.erase(it->second);
+            index_.erase(it);
+        }
+        lru_.emplace_front(name, std::move(s));
+        try {
+            index_.emplace(name, lru_.begin());
+        } catch (...) {
+            lru_.pop_front();
+            throw;
+        }
+        if (lru_.size() > capacity_) {
+            index_.erase(lru_.back().first);
+            lru_.pop_back();
+        }
+    }
+
+    // A new reference to the session for `name`, or null.
+    session_ptr get(const std::string& name)
+    {
+        const std::lock_guard lock(mutex_);
+        const auto it = index_.find(name);
+        if (it == index_.end())
+            return nullptr;
+        lru_.splice(lru_.begin(), lru_, it->second);
+        SSL_SESSION* s = lru_.front().second.get();
+        SSL_SESSION_up_ref(s);
+        return session_ptr(s);
+    }
+
+    std::size_t size()
+    {
+        const std::lock_guard lock(mutex_);
+        return lru_.size();
+    }
+
+private:
+    std::mutex mutex_;
+    std::size_t capacity_;
+    std::list<std::pair<std::string, session_ptr>> lru_;
+    std::map<std::string, std::list<std::pair<std::string, session_ptr>>::iterator, std::less<>> index_;
+};
+
+struct file_closer {
+    void operator()(std::FILE* f) const noexcept { std::fclose(f); }
+};
+
+// What a context adds to its SSL_CTX. The SSL_CTX owns it (ex_data), so it
+// lives as long as the last stream made from the context, which may
+// outlive the tls::context object.
+struct context_state {
+    std::string session_id;          // the session id context (SSL_CTX_set_session_id_context)
+    std::vector<unsigned char> alpn; // the protocols in preference order, ALPN wire format
+    std::unique_ptr<session_cache> cache;
+    std::mutex keylog_mutex; // guards the two members below
+    std::unique_ptr<std::FILE, file_closer> keylog_file;
+    std::function<void(std::string_view)> keylog_callback;
+};
+
+inline void free_context_state(void* /*parent*/, void* state, CRYPTO_EX_DATA* /*ad*/, int /*index*/, long /*argl*/,
+                               void* /*argp*/) noexcept
+{
+    delete static_cast<context_state*>(state);
+}
+
+inline int context_state_index() noexcept
+{
+    static const int index = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, free_context_state);
+    return index;
+}
+
+inline context_state* find_state(const SSL_CTX* ctx) noexcept
+{
+    const int index = context_state_index();
+    return ctx && index >= 0 ? static_cast<context_state*>(SSL_CTX_get_ex_data(ctx, index)) : nullptr;
+}
+
+// The server name a client stream's sessions are cached under; owned by the SSL.
+inline void free_cache_key(void* /*parent*/, void* key, CRYPTO_EX_DATA* /*ad*/, int /*index*/, long /*argl*/,
+                           void* /*argp*/) noexcept
+{
+    delete static_cast<std::string*>(key);
+}
+
+inline int cache_key_index() noexcept
+{
+    static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, free_cache_key);
+    return index;
+}
+
+// SSL_CTX_sess_set_new_cb: a client received a session (TLS 1.2: at the
+// handshake; TLS 1.3: with each ticket). Returning 1 keeps OpenSSL's reference.
+inline int cache_new_session(SSL* ssl, SSL_SESSION* s) noexcept
+{
+    context_state* state = find_state(SSL_get_SSL_CTX(ssl));
+    const int index = cache_key_index();
+    const auto* name = index >= 0 ? static_cast<const std::string*>(SSL_get_ex_data(ssl, index)) : nullptr;
+    if (!state || !state->cache || !name || SSL_SESSION_is_resumable(s) != 1)
+        return 0;
+    try {
+        state->cache->put(*name, session_ptr(s));
+    } catch (...) { // std::bad_alloc: the session was freed with the argument
+    }
+    return 1;
+}
+
+// SSL_CTX_set_keylog_callback: one NSS key log line (no newline).
+inline void write_keylog(const SSL* ssl, const char* line) noexcept
+{
+    context_state* state = find_state(SSL_get_SSL_CTX(ssl));
+    if (!state)
+        return;
+    try {
+        const std::lock_guard lock(state->keylog_mutex);
+        if (state->keylog_file) {
+            std::fputs(line, state->keylog_file.get());
+            std::fputc('\n', state->keylog_file.get());
+            std::fflush(state->keylog_file.get());
+        }
+        if (state->keylog_callback)
+            state->keylog_callback(line);
+    } catch (...) { // a throwing callback must not unwind through OpenSSL
+    }
+}
+
+// SSL_CTX_set_alpn_select_cb: the first of our protocols that the client
+// offers, so the server's preference decides. None in common: the
+// no_application_protocol alert (RFC 7301, 3.2).
+inline int select_alpn(SSL* /*ssl*/, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
+                       unsigned int inlen, void* arg) noexcept
+{
+    const auto& ours = static_cast<const context_state*>(arg)->alpn;
+    for (std::size_t i = 0; i < ours.size(); i += 1U + ours[i]) {
+        for (unsigned int j = 0; j < inlen && j + 1U + in[j] <= inlen; j += 1U + in[j]) {
+            if (in[j] == ours[i] && std::memcmp(in + j + 1, ours.data() + i + 1, ours[i]) == 0) {
+                *out = in + j + 1;
+                *outlen = in[j];
+                return SSL_TLSEXT_ERR_OK;
+            }
+        }
+    }
+    return SSL_TLSEXT_ERR_ALERT_FATAL;
+}
+
+} // namespace detail
+
 /// RAII owner of an `SSL_CTX*`. Movable, not copyable.
+///
+/// Configure a context before making streams from it: the setters are not
+/// thread-safe (as with OpenSSL's own), while streams of one context may run
+/// on many threads at once. Every setter fails with
+/// `std::errc::invalid_argument` on an empty (default-constructed or
+/// moved-from) context.
 class context {
 public:
     /// An empty context (no SSL_CTX); only useful as a target for assignment.
@@ -210,13 +416,10 @@ public:
         ec.clear();
         ERR_clear_error();
         context c = make(TLS_server_method(), ec);
+        if (!ec)
+            c.use_certificate_chain(cert_chain_file, key_file, ec);
         if (ec)
-            return c;
-        SSL_CTX* raw = c.native_handle();
-        if (SSL_CTX_use_certificate_chain_file(raw, cert_chain_file.c_str()) != 1
-            || SSL_CTX_use_PrivateKey_file(raw, key_file.c_str(), SSL_FILETYPE_PEM) != 1
-            || SSL_CTX_check_private_key(raw) != 1)
-            return fail(ec);
+            return context{};
         return c;
     }
 
@@ -226,19 +429,355 @@ public:
     {
         std::error_code ec;
         load_verify_file(path, ec);
-        if (ec)
-            detail::throw_error(ec, ("tls::context::load_verify_file(\"" + path + "\")").c_str());
+        detail::throw_if(ec, "tls::context::load_verify_file", path);
     }
     void load_verify_file(const std::string& path, std::error_code& ec)
     {
-        ec.clear();
-        if (!ctx_) {
+        if (!usable(ec) || !no_nul(path, ec))
+            return;
+        if (SSL_CTX_load_verify_locations(ctx_.get(), path.c_str(), nullptr) != 1)
+            ec = detail::take_openssl_error();
+    }
+
+    /// Adds the trust anchors of a hashed certificate directory (the
+    /// `openssl rehash` layout, like /etc/ssl/certs), looked up as needed.
+    /// A path that is not a directory fails at once.
+    /// @note Calls SSL_CTX_load_verify_dir.
+    void load_verify_dir(const std::string& path)
+    {
+        std::error_code ec;
+        load_verify_dir(path, ec);
+        detail::throw_if(ec, "tls::context::load_verify_dir", path);
+    }
+    void load_verify_dir(const std::string& path, std::error_code& ec)
+    {
+        if (!usable(ec) || !no_nul(path, ec))
+            return;
+        // OpenSSL only looks into the directory during a handshake: a
+        // missing one would just fail verification later, without naming it.
+        struct stat st {};
+        if (::stat(path.c_str(), &st) != 0) {
+            ec = {errno, std::system_category()};
+            return;
+        }
+        if (!S_ISDIR(st.st_mode)) {
+            ec = std::make_error_code(std::errc::not_a_directory);
+            return;
+        }
+        if (SSL_CTX_load_verify_dir(ctx_.get(), path.c_str()) != 1)
+            ec = detail::take_openssl_error();
+    }
+
+    /// Presents the certificate chain in `cert_chain_file` (PEM: leaf first,
+    /// then intermediates) with the private key in `key_file` (PEM): a
+    /// server's certificate, or a client's for mutual TLS. A key that does
+    /// not belong to the certificate fails with OpenSSL's "key values
+    /// mismatch"; the throwing overload's message names both files.
+    /// @note Calls SSL_CTX_use_certificate_chain_file, SSL_CTX_use_PrivateKey_file, SSL_CTX_check_private_key.
+    void use_certificate_chain(const std::string& cert_chain_file, const std::string& key_file)
+    {
+        std::error_code ec;
+        use_certificate_chain(cert_chain_file, key_file, ec);
+        if (ec)
+            detail::throw_error(
+                ec, ("tls::context::use_certificate_chain(\"" + cert_chain_file + "\", \"" + key_file + "\")").c_str());
+    }
+    void use_certificate_chain(const std::string& cert_chain_file, const std::string& key_file, std::error_code& ec)
+    {
+        if (!usable(ec) || !no_nul(cert_chain_file, ec) || !no_nul(key_file, ec))
+            return;
+        SSL_CTX* raw = ctx_.get();
+        if (SSL_CTX_use_certificate_chain_file(raw, cert_chain_file.c_str()) != 1
+            || SSL_CTX_use_PrivateKey_file(raw, key_file.c_str(), SSL_FILETYPE_PEM) != 1
+            || SSL_CTX_check_private_key(raw) != 1)
+            ec = detail::take_openssl_error();
+    }
+
+    /// Server contexts: whether clients are asked for a certificate, which
+    /// is then verified against the trust anchors loaded with
+    /// `load_verify_file` / `load_verify_dir`. The server's handshake fails
+    /// with "peer did not return a certificate" when `require` finds none,
+    /// and with "certificate verify failed (reason)" when one does not
+    /// verify. Fails with `std::errc::invalid_argument` on a client context,
+    /// where it would switch off the check of the server's certificate.
+    /// @note Calls SSL_CTX_set_verify.
+    void set_client_auth(client_auth mode)
+    {
+        std::error_code ec;
+        set_client_auth(mode, ec);
+        detail::throw_if(ec, "tls::context::set_client_auth");
+    }
+    void set_client_auth(client_auth mode, std::error_code& ec)
+    {
+        if (!usable(ec))
+            return;
+        if (SSL_CTX_get_ssl_method(ctx_.get()) == TLS_client_method()) {
             ec = std::make_error_code(std::errc::invalid_argument);
             return;
         }
-        ERR_clear_error();
-        if (SSL_CTX_load_verify_locations(ctx_.get(), path.c_str(), nullptr) != 1)
+        switch (mode) {
+        case client_auth::none: SSL_CTX_set_verify(ctx_.get(), SSL_VERIFY_NONE, nullptr); return;
+        case client_auth::request: SSL_CTX_set_verify(ctx_.get(), SSL_VERIFY_PEER, nullptr); return;
+        case client_auth::require:
+            SSL_CTX_set_verify(ctx_.get(), SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+            return;
+        }
+        ec = std::make_error_code(std::errc::invalid_argument);
+    }
+
+    /// Limits the protocol versions to [min, max]. `min > max` (an empty
+    /// range) fails with `std::errc::invalid_argument`.
+    /// @note Calls SSL_CTX_set_min_proto_version, SSL_CTX_set_max_proto_version.
+    void set_protocol_versions(protocol_version min, protocol_version max)
+    {
+        std::error_code ec;
+        set_protocol_versions(min, max, ec);
+        detail::throw_if(ec, "tls::context::set_protocol_versions");
+    }
+    void set_protocol_versions(protocol_version min, protocol_version max, std::error_code& ec)
+    {
+        if (!usable(ec))
+            return;
+        const auto known = [](protocol_version v) {
+            return v == protocol_version::tls1_2 || v == protocol_version::tls1_3;
+        };
+        if (!known(min) || !known(max) || static_cast<int>(min) > static_cast<int>(max)) {
+            ec = std::make_error_code(std::errc::invalid_argument);
+            return;
+        }
+        if (SSL_CTX_set_min_proto_version(ctx_.get(), static_cast<int>(min)) != 1
+            || SSL_CTX_set_max_proto_version(ctx_.get(), static_cast<int>(max)) != 1)
             ec = detail::take_openssl_error();
+    }
+
+    /// The TLS 1.2 cipher list, in OpenSSL's syntax
+    /// (e.g. "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256").
+    /// A list that selects no cipher fails with OpenSSL's "no cipher match".
+    /// @note Calls SSL_CTX_set_cipher_list.
+    void set_cipher_list(std::string_view ciphers)
+    {
+        std::error_code ec;
+        set_cipher_list(ciphers, ec);
+        detail::throw_if(ec, "tls::context::set_cipher_list", ciphers);
+    }
+    void set_cipher_list(std::string_view ciphers, std::error_code& ec)
+    {
+        if (!usable(ec) || !no_nul(ciphers, ec))
+            return;
+        if (SSL_CTX_set_cipher_list(ctx_.get(), std::string(ciphers).c_str()) != 1)
+            ec = detail::take_openssl_error();
+    }
+
+    /// The TLS 1.3 cipher suites, colon-separated
+    /// (e.g. "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"); an
+    /// unknown name fails with "no cipher match".
+    /// @note Calls SSL_CTX_set_ciphersuites.
+    void set_ciphersuites(std::string_view suites)
+    {
+        std::error_code ec;
+        set_ciphersuites(suites, ec);
+        detail::throw_if(ec, "tls::context::set_ciphersuites", suites);
+    }
+    void set_ciphersuites(std::string_view suites, std::error_code& ec)
+    {
+        if (!usable(ec) || !no_nul(suites, ec))
+            return;
+        if (SSL_CTX_set_ciphersuites(ctx_.get(), std::string(suites).c_str()) != 1)
+            ec = detail::take_openssl_error();
+    }
+
+    /// ALPN: the application protocols, most preferred first
+    /// (e.g. {"h2", "http/1.1"}). A client offers them; a server picks the
+    /// first of its own list that the client offers, and ends a handshake
+    /// with none in common with the no_application_protocol alert (a
+    /// client that offers no ALPN at all is served without). The result is
+    /// `tls_stream::alpn_protocol()`. An empty list, an empty name or one
+    /// longer than 255 bytes fails with `std::errc::invalid_argument`
+    /// (names are bytes: ALPN allows any, NUL included).
+    /// @note Calls SSL_CTX_set_alpn_protos and SSL_CTX_set_alpn_select_cb.
+    void set_alpn_protocols(const std::vector<std::string>& protocols)
+    {
+        std::error_code ec;
+        set_alpn_protocols(protocols, ec);
+        detail::throw_if(ec, "tls::context::set_alpn_protocols");
+    }
+    void set_alpn_protocols(const std::vector<std::string>& protocols, std::error_code& ec)
+    {
+        if (!usable(ec))
+            return;
+        std::vector<unsigned char> wire;
+        for (const std::string& p : protocols) {
+            if (p.empty() || p.size() > 255) {
+                ec = std::make_error_code(std::errc::invalid_argument);
+                return;
+            }
+            wire.push_back(static_cast<unsigned char>(p.size()));
+            wire.insert(wire.end(), p.begin(), p.end());
+        }
+        if (wire.empty() || wire.size() > 0xffff) {
+            ec = std::make_error_code(std::errc::invalid_argument);
+            return;
+        }
+        detail::context_state& s = state();
+        // 0 is success here, unlike every other SSL_CTX_set_*.
+        if (SSL_CTX_set_alpn_protos(ctx_.get(), wire.data(), static_cast<unsigned int>(wire.size())) != 0) {
+            ec = detail::take_openssl_error();
+            return;
+        }
+        s.alpn = std::move(wire);
+        SSL_CTX_set_alpn_select_cb(ctx_.get(), detail::select_alpn, &s);
+    }
+
+    /// Client contexts: keep the sessions that servers hand out, up to
+    /// `capacity` (least recently used dropped first), keyed by the name
+    /// given to `tls_stream::connect(host)`; a later `connect(host)` to the
+    /// same name resumes. Off by default. Sessions arrive with the
+    /// handshake (TLS 1.2) or with the server's tickets, which a stream
+    /// processes when it reads (TLS 1.3; also while closing by fast or
+    /// full). Fails with `std::errc::invalid_argument` on a server context
+    /// or for a capacity of 0.
+    /// @note Calls SSL_CTX_set_session_cache_mode (SSL_SESS_CACHE_CLIENT |
+    /// SSL_SESS_CACHE_NO_INTERNAL_STORE) and SSL_CTX_sess_set_new_cb.
+    void enable_session_cache(std::size_t capacity = 100)
+    {
+        std::error_code ec;
+        enable_session_cache(capacity, ec);
+        detail::throw_if(ec, "tls::context::enable_session_cache");
+    }
+    void enable_session_cache(std::size_t capacity, std::error_code& ec)
+    {
+        if (!usable(ec))
+            return;
+        if (capacity == 0 || SSL_CTX_get_ssl_method(ctx_.get()) == TLS_server_method()) {
+            ec = std::make_error_code(std::errc::invalid_argument);
+            return;
+        }
+        state().cache = std::make_unique<detail::session_cache>(capacity);
+        SSL_CTX_set_session_cache_mode(ctx_.get(), SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+        SSL_CTX_sess_set_new_cb(ctx_.get(), detail::cache_new_session);
+    }
+    /// How many sessions the cache holds (0 without one).
+    std::size_t cached_sessions() const noexcept
+    {
+        detail::context_state* s = detail::find_state(ctx_.get());
+        return s && s->cache ? s->cache->size() : 0;
+    }
+
+    /// The session id context: `tls_stream::set_session` only takes
+    /// sessions that carry the same one. Each context gets a random one when
+    /// made by `client()` or `server()`, so a session from another context
+    /// is refused; a client that keeps sessions across runs
+    /// (`session::to_bytes`) names its contexts alike, e.g.
+    /// `set_session_id_context("myapp client")`. 1 to 32 bytes, else
+    /// `std::errc::invalid_argument`.
+    /// @note Calls SSL_CTX_set_session_id_context.
+    void set_session_id_context(std::string_view id)
+    {
+        std::error_code ec;
+        set_session_id_context(id, ec);
+        detail::throw_if(ec, "tls::context::set_session_id_context", id);
+    }
+    void set_session_id_context(std::string_view id, std::error_code& ec)
+    {
+        if (!usable(ec))
+            return;
+        if (id.empty() || id.size() > SSL_MAX_SID_CTX_LENGTH) {
+            ec = std::make_error_code(std::errc::invalid_argument);
+            return;
+        }
+        detail::context_state& s = state();
+        if (SSL_CTX_set_session_id_context(ctx_.get(), reinterpret_cast<const unsigned char*>(id.data()),
+                                           static_cast<unsigned int>(id.size()))
+            != 1) {
+            ec = detail::take_openssl_error();
+            return;
+        }
+        s.session_id.assign(id);
+    }
+
+    /// Key logging, for debugging only (whoever reads the file can decrypt
+    /// the traffic): appends each connection's secrets to `path` in the NSS
+    /// key log format that Wireshark reads, creating it (mode 0600) if
+    /// needed. Replaces an earlier key log file or callback. Off by default.
+    /// @note Calls SSL_CTX_set_keylog_callback.
+    void set_keylog_file(const std::string& path)
+    {
+        std::error_code ec;
+        set_keylog_file(path, ec);
+        detail::throw_if(ec, "tls::context::set_keylog_file", path);
+    }
+    void set_keylog_file(const std::string& path, std::error_code& ec)
+    {
+        if (!usable(ec) || !no_nul(path, ec))
+            return;
+        if (path.empty()) {
+            ec = std::make_error_code(std::errc::invalid_argument);
+            return;
+        }
+        const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0) {
+            ec = {errno, std::system_category()};
+            return;
+        }
+        std::unique_ptr<std::FILE, detail::file_closer> file(::fdopen(fd, "a"));
+        if (!file) {
+            ec = {errno, std::system_category()};
+            ::close(fd);
+            return;
+        }
+        detail::context_state& s = state();
+        const std::lock_guard lock(s.keylog_mutex);
+        s.keylog_file = std::move(file);
+        s.keylog_callback = nullptr;
+        SSL_CTX_set_keylog_callback(ctx_.get(), detail::write_keylog);
+    }
+
+    /// Key logging to a callback, called with each NSS key log line
+    /// (without the newline), possibly from several threads (one call at a
+    /// time). Replaces an earlier key log file or callback; an empty
+    /// function turns key logging off.
+    /// @note Calls SSL_CTX_set_keylog_callback.
+    void set_keylog_callback(std::function<void(std::string_view line)> callback)
+    {
+        std::error_code ec;
+        set_keylog_callback(std::move(callback), ec);
+        detail::throw_if(ec, "tls::context::set_keylog_callback");
+    }
+    void set_keylog_callback(std::function<void(std::string_view line)> callback, std::error_code& ec)
+    {
+        if (!usable(ec))
+            return;
+        detail::context_state& s = state();
+        const std::lock_guard lock(s.keylog_mutex);
+        s.keylog_file.reset();
+        const bool on = static_cast<bool>(callback);
+        s.keylog_callback = std::move(callback);
+        SSL_CTX_set_keylog_callback(ctx_.get(), on ? detail::write_keylog : nullptr);
+    }
+
+    /// Honours the `SSLKEYLOGFILE` environment variable, as browsers and
+    /// curl do, but only when called: if it names a file, key logging goes
+    /// there (as `set_keylog_file`) and this returns true; unset or empty,
+    /// nothing changes and it returns false.
+    bool set_keylog_file_from_env()
+    {
+        std::error_code ec;
+        const bool on = set_keylog_file_from_env(ec);
+        if (ec) {
+            const char* path = std::getenv("SSLKEYLOGFILE");
+            detail::throw_if(ec, "tls::context::set_keylog_file_from_env", path ? path : "");
+        }
+        return on;
+    }
+    bool set_keylog_file_from_env(std::error_code& ec)
+    {
+        if (!usable(ec))
+            return false;
+        const char* path = std::getenv("SSLKEYLOGFILE");
+        if (!path || *path == '\0')
+            return false;
+        set_keylog_file(path, ec);
+        return !ec;
     }
 
     /// Opt-in for peers known to end connections without close_notify:
@@ -269,10 +808,16 @@ private:
     {
         context c;
         c.ctx_.reset(SSL_CTX_new(method));
-        if (!c.ctx_ || SSL_CTX_set_min_proto_version(c.ctx_.get(), TLS1_2_VERSION) != 1) {
+        unsigned char id[SSL_MAX_SID_CTX_LENGTH];
+        if (!c.ctx_ || SSL_CTX_set_min_proto_version(c.ctx_.get(), TLS1_2_VERSION) != 1
+            || RAND_bytes(id, sizeof id) != 1) {
             c.ctx_.reset();
             ec = detail::take_openssl_error();
+            return c;
         }
+        c.set_session_id_context(std::string_view(reinterpret_cast<const char*>(id), sizeof id), ec);
+        if (ec)
+            c.ctx_.reset();
         return c;
     }
     static context fail(std::error_code& ec)
@@ -281,8 +826,169 @@ private:
         return context{};
     }
 
+    // Clears ec and the error queue; false (invalid_argument) on an empty context.
+    bool usable(std::error_code& ec) const noexcept
+    {
+        ec.clear();
+        if (!ctx_) {
+            ec = std::make_error_code(std::errc::invalid_argument);
+            return false;
+        }
+        ERR_clear_error();
+        return true;
+    }
+
+    static bool no_nul(std::string_view s, std::error_code& ec) noexcept
+    {
+        if (detail::has_nul(s)) {
+            ec = std::make_error_code(std::errc::invalid_argument);
+            return false;
+        }
+        return true;
+    }
+
+    // The context's own state, made on first use (also for adopted contexts).
+    detail::context_state& state()
+    {
+        if (detail::context_state* s = detail::find_state(ctx_.get()))
+            return *s;
+        auto fresh = std::make_unique<detail::context_state>();
+        const int index = detail::context_state_index();
+        if (index < 0 || SSL_CTX_set_ex_data(ctx_.get(), index, fresh.get()) != 1) {
+            ERR_clear_error();
+            throw std::bad_alloc();
+        }
+        return *fresh.release();
+    }
+
     std::unique_ptr<SSL_CTX, detail::deleter<&SSL_CTX_free>> ctx_;
 };
+
+// ---------------------------------------------------------------- sessions
+
+/// A TLS session that a later connection to the same server can resume
+/// (abbreviated handshake, no certificate exchange). Copies share one
+/// `SSL_SESSION` by reference count (`SSL_SESSION_up_ref`), as OpenSSL
+/// itself shares it between its cache and its connections: a session is
+/// immutable once handed out, so sharing is safe, also across threads.
+class session {
+public:
+    /// No session.
+    session() noexcept = default;
+    /// Adopts the reference passed in (null gives an empty session).
+    explicit session(SSL_SESSION* adopted) noexcept : s_(adopted) {}
+    session(const session& other) noexcept : s_(other.s_ ? up_ref(other.s_.get()) : nullptr) {}
+    session(session&& other) noexcept = default;
+    session& operator=(const session& other) noexcept
+    {
+        if (this != &other)
+            s_.reset(other.s_ ? up_ref(other.s_.get()) : nullptr);
+        return *this;
+    }
+    session& operator=(session&& other) noexcept = default;
+    ~session() = default;
+
+    /// A session saved with `to_bytes`. Bytes that do not hold exactly one
+    /// session, or one that cannot be resumed, fail (OpenSSL's ASN.1 error,
+    /// or `std::errc::invalid_argument`).
+    /// @note Calls d2i_SSL_SESSION.
+    static session from_bytes(std::span<const std::byte> der)
+    {
+        std::error_code ec;
+        session s = from_bytes(der, ec);
+        detail::throw_if(ec, "tls::session::from_bytes");
+        return s;
+    }
+    static session from_bytes(std::span<const std::byte> der, std::error_code& ec)
+    {
+        ec.clear();
+        if (der.empty() || der.size() > LONG_MAX) {
+            ec = std::make_error_code(std::errc::invalid_argument);
+            return {};
+        }
+        ERR_clear_error();
+        const auto* p = reinterpret_cast<const unsigned char*>(der.data());
+        session s(d2i_SSL_SESSION(nullptr, &p, static_cast<long>(der.size())));
+        if (!s) {
+            ec = detail::take_openssl_error();
+            return {};
+        }
+        if (p != reinterpret_cast<const unsigned char*>(der.data() + der.size()) || !s.resumable()) {
+            ec = std::make_error_code(std::errc::invalid_argument);
+            return {};
+        }
+        return s;
+    }
+
+    /// The session as bytes (DER), to keep it across runs. It holds the
+    /// session's secrets: store it as carefully as a private key.
+    /// @note Calls i2d_SSL_SESSION.
+    std::vector<std::byte> to_bytes() const
+    {
+        std::error_code ec;
+        std::vector<std::byte> out = to_bytes(ec);
+        detail::throw_if(ec, "tls::session::to_bytes");
+        return out;
+    }
+    std::vector<std::byte> to_bytes(std::error_code& ec) const
+    {
+        ec.clear();
+        if (!s_) {
+            ec = std::make_error_code(std::errc::invalid_argument);
+            return {};
+        }
+        ERR_clear_error();
+        const int n = i2d_SSL_SESSION(s_.get(), nullptr);
+        if (n <= 0) {
+            ec = detail::take_openssl_error();
+            return {};
+        }
+        std::vector<std::byte> out(static_cast<std::size_t>(n));
+        auto* p = reinterpret_cast<unsigned char*>(out.data());
+        if (i2d_SSL_SESSION(s_.get(), &p) != n) {
+            ec = detail::take_openssl_error();
+            return {};
+        }
+        return out;
+    }
+
+    /// Whether a connection can resume it.
+    /// @note Calls SSL_SESSION_is_resumable.
+    bool resumable() const noexcept { return s_ && SSL_SESSION_is_resumable(s_.get()) == 1; }
+
+    SSL_SESSION* native_handle() const noexcept { return s_.get(); }
+    explicit operator bool() const noexcept { return s_ != nullptr; }
+
+private:
+    static SSL_SESSION* up_ref(SSL_SESSION* s) noexcept
+    {
+        SSL_SESSION_up_ref(s);
+        return s;
+    }
+
+    detail::session_ptr s_;
+};
+
+namespace detail {
+
+// Why `s` cannot be given to `ssl` (nullptr if it can).
+inline const char* session_refusal(SSL* ssl, const session& s) noexcept
+{
+    if (!s)
+        return "empty session";
+    if (!s.resumable())
+        return "the session cannot be resumed";
+    const context_state* state = find_state(SSL_get_SSL_CTX(ssl));
+    if (!state || state->session_id.empty())
+        return nullptr;
+    unsigned int length = 0;
+    const unsigned char* id = SSL_SESSION_get0_id_context(s.native_handle(), &length);
+    if (std::string_view(reinterpret_cast<const char*>(id), length) != state->session_id)
+        return "the session comes from another tls::context (its session id context differs)";
+    return nullptr;
+}
+
+} // namespace detail
 
 // ---------------------------------------------------------------- sockets
 
@@ -1219,6 +1925,101 @@ public:
         st_.bound = &c;
     }
 
+    // -- configuration
+
+    /// The session to resume this connection with later (`set_session` on
+    /// a new stream to the same server), shared, not copied. Empty until
+    /// there is one that can be resumed: after the handshake with TLS 1.2;
+    /// with TLS 1.3 only once the server's tickets have been processed,
+    /// which happens when this stream reads (`read_some`, or closing by
+    /// fast or full). A client that only writes gets its session from a
+    /// full close: call `shutdown()`, then `session()`.
+    /// @note Calls SSL_get1_session.
+    tls::session session() const
+    {
+        if (!ssl_ || SSL_is_init_finished(ssl_.get()) != 1)
+            return {};
+        tls::session s(SSL_get1_session(ssl_.get()));
+        return s.resumable() ? s : tls::session{};
+    }
+
+    /// Client streams, before the handshake: offer `s` for resumption.
+    /// Whether the server took it shows in `session_reused()` afterwards;
+    /// if it did not, the handshake is a full one, never an error. Fails
+    /// with `errc::not_connected` on a moved-from stream,
+    /// `errc::already_connected` once the handshake began, and
+    /// `std::errc::invalid_argument` for an empty session, one that cannot
+    /// be resumed, or one from another context (see
+    /// `context::set_session_id_context`); the throwing overload says which.
+    /// @note Calls SSL_set_session.
+    void set_session(const tls::session& s)
+    {
+        std::error_code ec;
+        set_session(s, ec);
+        if (ec) {
+            const char* why = ssl_ ? detail::session_refusal(ssl_.get(), s) : nullptr;
+            detail::throw_error(ec, why ? (std::string("tls::tls_stream::set_session: ") + why).c_str()
+                                        : "tls::tls_stream::set_session");
+        }
+    }
+    void set_session(const tls::session& s, std::error_code& ec)
+    {
+        ec.clear();
+        if (!ssl_) {
+            ec = errc::not_connected;
+            return;
+        }
+        if (SSL_in_before(ssl_.get()) != 1) {
+            ec = errc::already_connected;
+            return;
+        }
+        if (detail::session_refusal(ssl_.get(), s) != nullptr) {
+            ec = std::make_error_code(std::errc::invalid_argument);
+            return;
+        }
+        ERR_clear_error();
+        if (SSL_set_session(ssl_.get(), s.native_handle()) != 1)
+            ec = detail::take_openssl_error();
+    }
+
+    /// Whether the handshake resumed a session (abbreviated handshake).
+    /// @note Calls SSL_session_reused.
+    bool session_reused() const noexcept { return ssl_ && SSL_session_reused(ssl_.get()) == 1; }
+
+    /// The application protocol ALPN agreed on (e.g. "h2"); empty if none.
+    /// @note Calls SSL_get0_alpn_selected.
+    std::string alpn_protocol() const
+    {
+        if (!ssl_)
+            return {};
+        const unsigned char* p = nullptr;
+        unsigned int n = 0;
+        SSL_get0_alpn_selected(ssl_.get(), &p, &n);
+        return p ? std::string(reinterpret_cast<const char*>(p), n) : std::string();
+    }
+
+    /// The subject of the peer's certificate as an RFC 2253 string
+    /// (e.g. "CN=client,O=Example"); empty if the peer sent none. A client
+    /// certificate a server asked for with `client_auth` has been verified
+    /// by the time the handshake succeeds.
+    /// @note Calls SSL_get0_peer_certificate and X509_NAME_print_ex.
+    std::string peer_subject() const
+    {
+        const X509* cert = ssl_ ? SSL_get0_peer_certificate(ssl_.get()) : nullptr;
+        if (!cert)
+            return {};
+        const std::unique_ptr<BIO, detail::deleter<&BIO_free>> bio(BIO_new(BIO_s_mem()));
+        std::string out;
+        if (bio && X509_NAME_print_ex(bio.get(), X509_get_subject_name(cert), 0, XN_FLAG_RFC2253) >= 0) {
+            char* data = nullptr;
+            const long n = BIO_get_mem_data(bio.get(), &data);
+            if (data && n > 0)
+                out.assign(data, static_cast<std::size_t>(n));
+        }
+        ERR_clear_error();
+        return out;
+    }
+
     // -- access
 
     SSL* native_handle() const noexcept { return ssl_.get(); }
@@ -1446,6 +2247,7 @@ private:
             fail(detail::take_openssl_error(), ec);
             return false;
         }
+        use_cached_session(name);
         return true;
     }
 
@@ -1954,6 +2756,31 @@ private:
     std::unique_ptr<SSL, detail::deleter<&SSL_free>> ssl_;
     detail::transport* t_ = nullptr; // owned by the BIO, which the SSL owns
     state st_{phase::fresh};
+
+    // -- configuration (private)
+
+    // The context's session cache, if it has one: offers the session kept
+    // for `name` (unless set_session gave one already) and files the
+    // sessions this connection receives under `name`. Failing to (no
+    // memory) only costs the resumption.
+    void use_cached_session(const std::string& name) noexcept
+    {
+        SSL* ssl = ssl_.get();
+        const detail::context_state* cs = detail::find_state(SSL_get_SSL_CTX(ssl));
+        const int index = detail::cache_key_index();
+        if (!cs || !cs->cache || index < 0)
+            return;
+        try {
+            auto key = std::make_unique<std::string>(name);
+            if (SSL_set_ex_data(ssl, index, key.get()) == 1)
+                static_cast<void>(key.release());
+            if (SSL_get_session(ssl) == nullptr)
+                if (const detail::session_ptr cached = cs->cache->get(name))
+                    SSL_set_session(ssl, cached.get());
+        } catch (...) { // std::bad_alloc
+        }
+        ERR_clear_error();
+    }
 };
 
 } // namespace tls
