@@ -202,7 +202,8 @@ int main(int argc, char** argv)
     for (std::size_t i = 0; i < args.size(); ++i)
         if (args[i] == "--count" && i + 1 < args.size()) {
             count = std::strtol(args[i + 1].c_str(), nullptr, 10);
-            args.erase(args.begin() + static_cast<std::ptrdiff_t>(i), args.begin() + static_cast<std::ptrdiff_t>(i) + 2);
+            args.erase(args.begin() + static_cast<std::ptrdiff_t>(i),
+                       args.begin() + static_cast<std::ptrdiff_t>(i) + 2);
             break;
         }
     if (args.size() != 0 && args.size() != 1 && args.size() != 3) {

@@ -1100,8 +1100,8 @@ struct transport {
     // No deadline pending: let recv()/send() block in the kernel instead of
     // paying for MSG_DONTWAIT + EAGAIN + poll on every record.
     bool may_block = false;
-    bool eof = false;      // the peer ended the transport (FIN, or RST)
-    int last_errno = 0;    // errno of the last failing send/recv
+    bool eof = false;   // the peer ended the transport (FIN, or RST)
+    int last_errno = 0; // errno of the last failing send/recv
     // Set while a deadline is pending: no new recv() starts past it, so a
     // peer that never stops sending cannot hold an OpenSSL call (that
     // consumes session tickets, say) beyond the deadline.
@@ -1113,7 +1113,7 @@ struct transport {
     bool muted = false;
     bool mute_after_eof = true;
     bool write_blocked = false; // the last send() found no room
-    std::size_t begin = 0; // unconsumed ciphertext is buf[begin, end)
+    std::size_t begin = 0;      // unconsumed ciphertext is buf[begin, end)
     std::size_t end = 0;
     std::unique_ptr<std::byte[]> buf{new std::byte[read_ahead_capacity]};
     // Framing of what OpenSSL was given: it never gets a byte past the end
@@ -2082,13 +2082,13 @@ private:
     // the source empty.
     struct state {
         phase stage = phase::empty;
-        bool client = false;      // the handshake's role
-        bool sent_cn = false;     // our close_notify is on the wire
-        bool got_cn = false;      // the peer's close_notify was received
-        bool peer_ended = false;  // the transport ended without it, and that was accepted
-        bool answering = false;   // the peer's close_notify came before ours
-        bool lingering = false;   // fast: waiting for what we wrote to leave the send queue
-        bool peer_sending = false; // application data arrived during the close
+        bool client = false;        // the handshake's role
+        bool sent_cn = false;       // our close_notify is on the wire
+        bool got_cn = false;        // the peer's close_notify was received
+        bool peer_ended = false;    // the transport ended without it, and that was accepted
+        bool answering = false;     // the peer's close_notify came before ours
+        bool lingering = false;     // fast: waiting for what we wrote to leave the send queue
+        bool peer_sending = false;  // application data arrived during the close
         bool sending_ended = false; // shutdown(SHUT_WR) done
         std::chrono::milliseconds io_timeout{0};
         std::chrono::milliseconds shutdown_timeout{Policy::timeout};

@@ -47,7 +47,10 @@ TEMPLATE_TEST_CASE("the blocking API works over an asio::ip::tcp::socket and clo
     std::error_code ec;
     const tls::shutdown_result r = s->shutdown(ec);
     CHECK_FALSE(ec);
-    CHECK(to_string(r) == (TestType::mode == tls::close_mode::quiet ? "quiet" : TestType::mode == tls::close_mode::full ? "complete" : "sent"));
+    CHECK(to_string(r)
+          == (TestType::mode == tls::close_mode::quiet  ? "quiet"
+              : TestType::mode == tls::close_mode::full ? "complete"
+                                                        : "sent"));
     s.reset(); // frees the SSL, then the Asio socket closes its descriptor
     t.join();
 }
