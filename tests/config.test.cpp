@@ -145,6 +145,7 @@ struct client_conn {
     support::socket_pair pair = support::tcp_pair();
     support::raw_peer peer;
     std::optional<stream<Policy>> s;
+    std::string host = "localhost"; // connect(host); empty: connect() without a name
 
     client_conn(const tls::context& server_ctx, const tls::context& client_ctx) : peer(server_ctx, std::move(pair.b))
     {
@@ -158,7 +159,10 @@ struct client_conn {
     {
         before(*s);
         support::peer_thread t([this] { peer.accept(); });
-        s->connect("localhost");
+        if (host.empty())
+            s->connect();
+        else
+            s->connect(host);
         t.join();
     }
 
@@ -257,6 +261,32 @@ TEMPLATE_TEST_CASE("the context's session cache resumes connect(host) after a cl
     CHECK(support::ping_pong(*second.s, second.peer) == "pong");
     second.close();
     CHECK(client.cached_sessions() == 1);
+}
+
+TEST_CASE("the session cache keys sessions by the name given to connect", "[config][session]")
+{
+    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    CAPTURE(support::version_name(version));
+    const tls::context server = support::server_context(version);
+    tls::context client = support::client_context(version);
+    client.enable_session_cache(2);
+    // Returns whether the connection to `host` resumed.
+    const auto visit = [&](const std::string& host) {
+        client_conn<tls::full_shutdown> c(server, client);
+        c.host = host;
+        c.handshake();
+        CHECK(support::ping_pong(*c.s, c.peer) == "pong");
+        const bool reused = c.s->session_reused();
+        c.close();
+        return reused;
+    };
+    CHECK_FALSE(visit("localhost"));
+    CHECK_FALSE(visit("127.0.0.1")); // another name, even for the same server
+    CHECK(client.cached_sessions() == 2);
+    CHECK_FALSE(visit("")); // connect() without a name neither uses nor fills the cache
+    CHECK(client.cached_sessions() == 2);
+    CHECK(visit("localhost"));
+    CHECK(visit("127.0.0.1"));
 }
 
 TEST_CASE("a write-only TLS 1.3 client closed by full leaves a session to resume", "[config][session]")
