@@ -196,7 +196,7 @@ int listen_on(int port)
 } // namespace
 
 int main(int argc, char** argv)
-{
+try {
     std::vector<std::string> args(argv + 1, argv + argc);
     long count = 0;
     for (std::size_t i = 0; i < args.size(); ++i)
@@ -219,12 +219,10 @@ int main(int argc, char** argv)
         cert = made.chain_file;
         key = made.key_file;
     }
-    try {
-        server s(tls::context::server(cert, key), listen_on(port));
-        s.run(count);
-    } catch (const std::exception& e) {
-        std::fprintf(stderr, "epoll_server: %s\n", e.what());
-        return 1;
-    }
+    server s(tls::context::server(cert, key), listen_on(port));
+    s.run(count);
     return 0;
+} catch (const std::exception& e) {
+    std::fprintf(stderr, "epoll_server: %s\n", e.what());
+    return 1;
 }

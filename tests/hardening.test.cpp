@@ -202,7 +202,7 @@ TEST_CASE("after a fatal error our alert reaches the peer, followed by a FIN rat
     support::ping_pong(*c.stream, c.peer);
     // An application-data record that cannot be decrypted, then 20 KB more
     // that we will never read.
-    std::string junk = "\x17\x03\x03\x00\x40";
+    std::string junk("\x17\x03\x03\x00\x40", 5); // header: 64 bytes of application data
     junk.append(0x40, '\x5a');
     junk.append(std::size_t{20} * 1024, '\x17');
     REQUIRE(::send(c.peer.fd(), junk.data(), junk.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(junk.size()));

@@ -150,8 +150,9 @@ TEMPLATE_TEST_CASE("a Python client still uploading gets the whole early reply a
     CAPTURE(dotted(version));
 
     listener l;
-    support::process peer({"python3", TLS_STREAM_INTEROP_DIR "/upload_client.py", "--port", std::to_string(l.port()),
-                           "--cafile", support::credentials().ca_file, "--version", dotted(version)});
+    support::process peer({"python3", std::string(TLS_STREAM_INTEROP_DIR) + "/upload_client.py", "--port",
+                           std::to_string(l.port()), "--cafile", support::credentials().ca_file, "--version",
+                           dotted(version)});
     {
         stream<TestType> s(support::server_context(version), l.accept(soon()));
         s.set_io_timeout(patience);
