@@ -3,6 +3,7 @@
 #   asan      clang++, AddressSanitizer + UndefinedBehaviorSanitizer (+ LeakSanitizer),
 #             UB aborts (-fno-sanitize-recover=all); the whole test suite
 #   valgrind  g++ build, the whole test suite under memcheck: no error, no leak
+#             (meson test --setup valgrind)
 #   soak      10 000 connections, descriptors and heap must not grow (same g++ build)
 #   format    clang-format --dry-run --Werror against .clang-format (ninja clang-format-check)
 #   tidy      clang-tidy with .clang-tidy over every translation unit
@@ -40,28 +41,9 @@ gate_asan() {
 gate_valgrind() {
     CXX=g++ setup_dir build/valgrind -Dwerror=true -Dtests=enabled
     meson compile -C build/valgrind -j "$jobs"
-    # definite and indirect leaks are errors; "possibly lost" and "still
-    # reachable" are OpenSSL's process-lifetime tables and Catch2's registry.
-    local vg=(timeout 3600 valgrind --quiet --error-exitcode=99 --leak-check=full
-        --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect)
-    "${vg[@]}" build/valgrind/tests/odr_test
-    # The Catch2 suite in $jobs shards side by side (memcheck runs one thread at a time).
-    local i pids=() failed=0
-    for ((i = 0; i < jobs; i++)); do
-        "${vg[@]}" build/valgrind/tests/tls_stream_tests '~[soak]' --shard-count "$jobs" --shard-index "$i" \
-            >"build/valgrind/memcheck-$i.log" 2>&1 &
-        pids+=($!)
-    done
-    for ((i = 0; i < jobs; i++)); do
-        if ! wait "${pids[$i]}"; then
-            failed=1
-            echo "valgrind: shard $i failed:" >&2
-            cat "build/valgrind/memcheck-$i.log" >&2
-        else
-            tail -n 2 "build/valgrind/memcheck-$i.log"
-        fi
-    done
-    return $failed
+    # The valgrind test setup (tests/meson.build) runs every test but the soak
+    # and the consumer builds under memcheck, the Catch2 shards $jobs at a time.
+    meson test -C build/valgrind --setup valgrind --print-errorlogs --num-processes "$jobs"
 }
 
 gate_soak() {
