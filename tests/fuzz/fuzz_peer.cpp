@@ -4,9 +4,9 @@
 // handshake, a script of peer actions (data, close_notify, raw bytes,
 // KeyUpdate / renegotiation, tickets). Then the tls_stream reads to the end,
 // maybe writes, and closes by its policy (shutdown() or the destructor).
-// Policy value 3 is full driven by the event-loop API: try_read_some,
-// try_write_some and try_shutdown with poll(), and a destructor bound to a
-// tls::closer.
+// Policy value 3 is full driven by the event-loop API: try_connect (with a
+// host name taken from the input), try_read_some, try_write_some and
+// try_shutdown with poll(), and a destructor bound to a tls::closer.
 //
 // Checked on every input, besides what ASan/UBSan/LeakSanitizer catch:
 // - every call returns within its deadline (plus a generous slack),
@@ -28,6 +28,7 @@
 #include <cstdlib>
 #include <optional>
 #include <span>
+#include <string_view>
 #include <system_error>
 #include <thread>
 
@@ -211,10 +212,21 @@ void run(const fuzz::config& cfg, const std::uint8_t* data, std::size_t size)
         std::error_code ec;
         const auto raw_handshake = [&] {
             bounded(io_timeout, "handshake past its deadline", [&] {
-                if (cfg.our_role_server)
+                if (cfg.our_role_server) {
                     s->accept(ec);
-                else
+                } else if (steps) {
+                    // The host name is fuzzed too: the input's first bytes, up
+                    // to the first 0x0a (NUL bytes and over-long names included).
+                    const std::string_view in(reinterpret_cast<const char*>(data), size);
+                    const std::string_view host = in.substr(0, std::min<std::size_t>(in.find('\n'), 300));
+                    run_steps(s->socket().native_handle(), io_timeout, [&] { return s->try_connect(host, ec); });
+                    const bool bad_name =
+                        host.empty() || host.size() > 255 || host.find('\0') != std::string_view::npos;
+                    if (bad_name && ec != std::errc::invalid_argument)
+                        fail("a bad host name was not refused");
+                } else {
                     s->connect(ec);
+                }
             });
         };
 
