@@ -81,7 +81,7 @@ try {
         write(dir, "raw-server-" + v + "-clienthello-closed", 0x01 | 0x20 | 0x40, hello); // fast, peer closes
     }
     // Steps (policy 3), our client role: the input starts with the host name.
-    const std::string nul_host("localhost\0.attacker.example\n", 29);
+    const std::string nul_host("localhost\0.attacker.example\n", 28);
     write(dir, "raw-client-steps-nul-host", 0x06, bytes(nul_host.begin(), nul_host.end()));
     const std::string long_host = std::string(256, 'a') + "\n";
     write(dir, "raw-client-steps-long-host", 0x06, bytes(long_host.begin(), long_host.end()));
