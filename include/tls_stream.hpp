@@ -380,6 +380,7 @@ public:
 
     /// A client context: TLS 1.2 or newer, the peer's certificate is verified
     /// against the system trust store.
+    /// @note Calls SSL_CTX_new, SSL_CTX_set_verify and SSL_CTX_set_default_verify_paths.
     static context client()
     {
         std::error_code ec;
@@ -402,6 +403,7 @@ public:
 
     /// A server context presenting `cert_chain_file` (PEM: leaf first, then
     /// intermediates) with the private key in `key_file` (PEM). TLS 1.2 or newer.
+    /// @note Calls SSL_CTX_new, SSL_CTX_use_certificate_chain_file, SSL_CTX_use_PrivateKey_file and SSL_CTX_check_private_key.
     static context server(const std::string& cert_chain_file, const std::string& key_file)
     {
         std::error_code ec;
@@ -759,6 +761,7 @@ public:
     /// curl do, but only when called: if it names a file, key logging goes
     /// there (as `set_keylog_file`) and this returns true; unset or empty,
     /// nothing changes and it returns false.
+    /// @note Calls SSL_CTX_set_keylog_callback (through set_keylog_file).
     bool set_keylog_file_from_env()
     {
         std::error_code ec;
@@ -786,6 +789,7 @@ public:
     /// default; the same switch as `SSL_OP_IGNORE_UNEXPECTED_EOF`. A stream
     /// can override it with `tls_stream::set_accept_missing_close_notify`.
     /// On an empty context it does nothing.
+    /// @note Calls SSL_CTX_set_options / SSL_CTX_clear_options.
     void set_accept_missing_close_notify(bool accept = true) noexcept
     {
         if (!ctx_)
@@ -1403,6 +1407,7 @@ public:
     closer& operator=(const closer&) = delete;
 
     /// Finishes the closes still in progress, each within its own deadline.
+    /// @note Calls SSL_shutdown, SSL_read_ex and SSL_free, for the closes it finishes.
     ~closer()
     {
         run_for(std::chrono::milliseconds::max());
@@ -1418,6 +1423,7 @@ public:
     /// step, and at most 64 closes): what is left is reported again by
     /// `native_handle()` and `next_deadline()` (then in the past). Cheap when
     /// nothing is ready, so a loop may simply call it on every iteration.
+    /// @note Calls SSL_shutdown, SSL_read_ex and SSL_free, for the closes it advances.
     void run_ready()
     {
         std::size_t budget = max_jobs_per_run;
@@ -1448,6 +1454,7 @@ public:
     std::size_t size() const noexcept { return jobs_.size(); }
 
     /// Waits and runs until no close is left (true) or `d` has passed (false).
+    /// @note Calls SSL_shutdown, SSL_read_ex and SSL_free, for the closes it advances.
     bool run_for(std::chrono::milliseconds d)
     {
         const auto end = detail::deadline_after(d);
@@ -1545,6 +1552,7 @@ public:
     using policy_type = Policy;
 
     /// Creates the `SSL` for `ctx` over `sock`. No I/O yet.
+    /// @note Calls SSL_new, BIO_new and SSL_set_bio.
     tls_stream(const context& ctx, Socket sock) : sock_(std::move(sock))
     {
         if (!ctx)
@@ -1574,6 +1582,7 @@ public:
     }
 
     /// Closes what this stream held (by its policy), then takes `other`'s connection.
+    /// @note Calls SSL_shutdown, SSL_read_ex and SSL_free (the close of what it held).
     tls_stream& operator=(tls_stream&& other) noexcept
     {
         if (this != &other) {
@@ -1593,6 +1602,7 @@ public:
     /// table), swallows every error, frees the `SSL`. Never throws. Bound
     /// to a closer (`close_via`), it never waits: what is left of the close
     /// moves into the closer.
+    /// @note Calls SSL_shutdown, SSL_read_ex and SSL_free.
     ~tls_stream() { close_on_destruction(); }
 
     // -- handshake
@@ -1616,6 +1626,7 @@ public:
 
     /// Client handshake without SNI and without any hostname check (the
     /// certificate chain is still verified if the context asks for it).
+    /// @note Calls SSL_connect.
     void connect()
     {
         std::error_code ec;
@@ -1684,6 +1695,7 @@ public:
     }
 
     /// Writes all of `buf`. The I/O timeout, if set, bounds the whole call.
+    /// @note Calls SSL_write_ex.
     void write_all(std::span<const std::byte> buf)
     {
         std::error_code ec;
@@ -1778,6 +1790,7 @@ public:
     /// a completed close: `release_socket()` still refuses, and a later
     /// close puts nothing on the wire (the peer is gone) and reports
     /// `shutdown_result::none` without an error.
+    /// @note Calls SSL_set_options / SSL_clear_options.
     void set_accept_missing_close_notify(bool accept = true) noexcept
     {
         if (!ssl_)
@@ -2033,6 +2046,7 @@ public:
     /// close_notify. The plaintext that follows is `unread`, then the
     /// socket. Before that it fails with `errc::not_closed` (or
     /// `errc::not_connected`) and the stream is left as it was.
+    /// @note Calls SSL_free.
     released<Socket> release_socket() &&
     {
         std::error_code ec;
