@@ -1186,8 +1186,8 @@ int run(int argc, char** argv)
                 verdict(t.loop.longest_with_close_cpu <= milliseconds(5)));
     std::printf("- every close ends within deadline + 20 ms: latest %.1f ms after it%s — %s\n", late_max(t),
                 t.no_fin > 0 ? ", some never" : "", verdict(t.no_fin == 0 && late_max(t) <= 20.0));
-    std::printf("\nMost closes ended in one loop iteration: tls_stream %ld (the closer's run_ready() takes every "
-                "ready close), raw %ld (at most one per epoll event, %d events per epoll_wait).\n",
+    std::printf("\nMost closes ended in one loop iteration: tls_stream %ld (the closer's run_ready() advances at "
+                "most 32 closes per call), raw %ld (at most one per epoll event, %d events per epoll_wait).\n",
                 t.loop.most_closes_ended, w.loop.most_closes_ended, max_events);
     std::printf("\nClose end − deadline is when the silent client saw the FIN; the raw server's own timer ended "
                 "its latest timed-out close %.1f ms after the deadline (the rest is the client noticing).\n",

@@ -1420,7 +1420,7 @@ public:
 
     /// Advances closes that can progress, without waiting; ends those past
     /// their deadline (first). The work per call is bounded (each close's
-    /// step, and at most 64 closes): what is left is reported again by
+    /// step, and at most 32 closes): what is left is reported again by
     /// `native_handle()` and `next_deadline()` (then in the past). Cheap when
     /// nothing is ready, so a loop may simply call it on every iteration.
     /// @note Calls SSL_shutdown, SSL_read_ex and SSL_free, for the closes it advances.
@@ -1529,7 +1529,7 @@ private:
         }
     }
 
-    static constexpr std::size_t max_jobs_per_run = 64;
+    static constexpr std::size_t max_jobs_per_run = 32;
 
     int epfd_;
     std::unordered_map<detail::close_job*, std::unique_ptr<detail::close_job>> jobs_;
