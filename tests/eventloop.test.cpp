@@ -32,12 +32,9 @@ using support::version_name;
 using ms = std::chrono::milliseconds;
 using clock_type = std::chrono::steady_clock;
 
+using support::brief_full;
 template <class Policy>
-using owned = tls::tls_stream<tls::unique_socket, Policy>;
-
-struct brief_full : tls::full_shutdown {
-    static constexpr ms timeout{300};
-};
+using owned = support::stream<Policy>;
 
 // Waits (poll, bounded) for what a step asked for. Returns false if the
 // descriptor did not become ready within `limit`.
@@ -77,7 +74,7 @@ int open_fds()
 TEST_CASE("steps handshake, read and write without ever blocking, on blocking and non-blocking descriptors",
           "[eventloop][scenario-17]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool nonblocking = GENERATE(false, true);
     const bool client = GENERATE(true, false);
     CAPTURE(version_name(version), nonblocking, client);
@@ -155,7 +152,7 @@ TEST_CASE("try_write_some moves several MiB byte-exact to a slow reader, asking 
           "full",
           "[eventloop]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     const bool tcp = GENERATE(true, false);
     CAPTURE(version_name(version), tcp);
 
@@ -203,7 +200,7 @@ TEST_CASE("try_write_some moves several MiB byte-exact to a slow reader, asking 
 TEMPLATE_TEST_CASE("try_shutdown runs each policy step by step; a silent peer ends full at its fixed deadline",
                    "[eventloop][scenario-16]", tls::fast_shutdown, tls::quiet_shutdown, brief_full)
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     CAPTURE(version_name(version));
 
     support::session<owned<TestType>> c(version);
@@ -255,7 +252,7 @@ TEMPLATE_TEST_CASE("try_shutdown runs each policy step by step; a silent peer en
 
 TEST_CASE("steps and blocking calls mix on one stream", "[eventloop]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     CAPTURE(version_name(version));
 
     support::session<owned<tls::full_shutdown>> c(version);
@@ -331,7 +328,7 @@ TEST_CASE("a bound stream's destructor returns at once; the closer finishes the 
           "socket",
           "[eventloop][closer][scenario-28]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     CAPTURE(version_name(version));
 
     tls::closer closer;

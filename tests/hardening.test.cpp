@@ -31,7 +31,7 @@ using support::version_name;
 using ms = std::chrono::milliseconds;
 
 template <class Policy>
-using owned = tls::tls_stream<tls::unique_socket, Policy>;
+using owned = support::stream<Policy>;
 
 struct flood_full : tls::full_shutdown {
     static constexpr ms timeout{150};
@@ -50,7 +50,7 @@ bool readable_within(int fd, ms limit)
 
 TEST_CASE("a full close ends at its deadline against a peer that never stops sending", "[hardening][scenario-24]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     CAPTURE(version_name(version));
 
     support::session<owned<flood_full>> c(version);
@@ -112,7 +112,7 @@ TEST_CASE("a read's I/O deadline holds against a TLS 1.3 peer that sends session
 TEMPLATE_TEST_CASE("a lingering close gets the reply and the close_notify to a peer that is still uploading",
                    "[hardening][scenario-25]", patient_fast, tls::full_shutdown)
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     CAPTURE(version_name(version));
 
     // We are the server: the peer sends a request and a large upload, and
@@ -155,7 +155,7 @@ TEMPLATE_TEST_CASE("a lingering close gets the reply and the close_notify to a p
 TEMPLATE_TEST_CASE("a pending renegotiation request or KeyUpdate provokes nothing but the policy's closure at close",
                    "[hardening][scenario-26]", tls::fast_shutdown, tls::quiet_shutdown, tls::full_shutdown)
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     CAPTURE(version_name(version));
 
     support::session<owned<TestType>> c(version);
@@ -195,7 +195,7 @@ TEMPLATE_TEST_CASE("a pending renegotiation request or KeyUpdate provokes nothin
 TEST_CASE("after a fatal error our alert reaches the peer, followed by a FIN rather than a reset",
           "[hardening][scenario-30][scenario-13]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     CAPTURE(version_name(version));
 
     support::session<owned<tls::full_shutdown>> c(version);
@@ -223,7 +223,7 @@ TEST_CASE("after a fatal error our alert reaches the peer, followed by a FIN rat
 TEST_CASE("a fast close that consumed the peer's waiting close_notify reports sent, and release_socket agrees",
           "[hardening][scenario-21]")
 {
-    const int version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    const int version = TLS_STREAM_TEST_VERSIONS();
     CAPTURE(version_name(version));
 
     support::session<owned<tls::fast_shutdown>> c(version);
