@@ -7,7 +7,8 @@
 #   soak      10 000 connections, descriptors and heap must not grow (same g++ build)
 #   format    clang-format --dry-run --Werror against .clang-format (ninja clang-format-check)
 #   tidy      clang-tidy with .clang-tidy over every translation unit
-#   fuzz      the libFuzzer target for a bounded time ($FUZZ_SECONDS, default 60)
+#   fuzz      the libFuzzer targets, $FUZZ_SECONDS each (default 60): fuzz_peer (an adversarial
+#             peer thread) in one process, fuzz_engine (steps in one thread) in $JOBS
 # Usage: scripts/ci-gates.sh [gate...]   (default: all, in the order above)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -86,15 +87,28 @@ print("\n".join(sorted({os.path.relpath(os.path.join(e["directory"], e["file"]))
 gate_fuzz() {
     CXX=clang++ setup_dir build/fuzz -Dfuzz=enabled -Dtests=disabled -Dexamples=disabled \
         -Db_sanitize=address,undefined -Db_lundef=false -Dwerror=true
-    meson compile -C build/fuzz -j "$jobs" tests/fuzz/fuzz_peer
-    local work
+    meson compile -C build/fuzz -j "$jobs" tests/fuzz/fuzz_peer tests/fuzz/fuzz_engine
+    local work log
     work=$(mktemp -d)
-    # New inputs go to the temporary directory; the seed corpus stays as it is.
-    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-        build/fuzz/tests/fuzz/fuzz_peer -max_total_time="$fuzz_seconds" -timeout=20 -rss_limit_mb=2048 \
-        -print_final_stats=1 -artifact_prefix=build/fuzz/ "$work" tests/fuzz/corpus ||
-        { rm -rf "$work"; echo "fuzz: failed; the input is in build/fuzz/ (crash-*, leak-*, timeout-*)" >&2; return 1; }
+    log=$work/log
+    mkdir "$work/peer" "$work/engine"
+    # New inputs go to the temporary directory; the seed corpora stay as they are.
+    export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+    # The adversarial peer (threads, real deadlines): one process.
+    build/fuzz/tests/fuzz/fuzz_peer -max_total_time="$fuzz_seconds" -timeout=20 -rss_limit_mb=2048 \
+        -print_final_stats=1 -artifact_prefix=build/fuzz/ "$work/peer" tests/fuzz/corpus 2>&1 | tee "$log" ||
+        { rm -rf "$work"; echo "fuzz: fuzz_peer failed; the input is in build/fuzz/ (crash-*, leak-*, timeout-*)" >&2; return 1; }
+    local peer_runs engine_runs
+    peer_runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
+    # The engine stepped in one thread, nothing waiting: one process per core.
+    build/fuzz/tests/fuzz/fuzz_engine -fork="$jobs" -max_total_time="$fuzz_seconds" -timeout=20 \
+        -rss_limit_mb=2048 -artifact_prefix=build/fuzz/ "$work/engine" tests/fuzz/engine_corpus 2>&1 | tee "$log" ||
+        { rm -rf "$work"; echo "fuzz: fuzz_engine failed; the input is in build/fuzz/ (crash-*, leak-*, timeout-*)" >&2; return 1; }
+    # Fork mode reports "#N: ..." with N the executions so far in all processes.
+    engine_runs=$(sed -n 's/^#\([0-9]*\):.*/\1/p' "$log" | tail -1)
     rm -rf "$work"
+    echo "fuzz: fuzz_peer ran ${peer_runs:-?} inputs in ${fuzz_seconds} s," \
+        "fuzz_engine ${engine_runs:-?} in ${fuzz_seconds} s on $jobs processes"
 }
 
 gates=("$@")

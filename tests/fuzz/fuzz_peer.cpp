@@ -319,7 +319,7 @@ void run(const fuzz::config& cfg, const std::uint8_t* data, std::size_t size)
                     if (!ec && !s->shutdown_deadline()) // a close that ran has its deadline
                         fail("try_shutdown left no deadline");
                 } else {
-                    s->shutdown(ec);
+                    (void)s->shutdown(ec);
                 }
             });
             check_error_queue("shutdown");
