@@ -4,8 +4,8 @@
 // driven only through its non-blocking steps (try_*), and a raw OpenSSL peer
 // behind memory BIOs is pumped by hand between them. Handshakes resume a
 // session saved at start-up, so an input costs no public-key operation for
-// TLS 1.2 (and only the key exchange for 1.3). That makes it fast enough to
-// run on the order of a million inputs per CI run (README, "Fuzzing").
+// TLS 1.2 (and only the key exchange for 1.3). The handshake is still most of
+// an input's cost (docs/testing.md, "Fuzzing").
 //
 // Input: the first byte picks our role, the TLS version, the policy and the
 // mode (see `setup`). In script mode each following byte is an action of
