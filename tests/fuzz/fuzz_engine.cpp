@@ -24,6 +24,7 @@
 #include <tls_stream.hpp>
 
 #include "examples/self_signed.hpp"
+#include "peer.hpp"
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -42,23 +43,12 @@
 
 namespace {
 
+using fuzz::check_error_queue;
+using fuzz::fail;
+using fuzz::peer;
+using fuzz::reader;
 using namespace std::chrono_literals;
 using clock_type = std::chrono::steady_clock;
-
-[[noreturn]] void fail(const char* what)
-{
-    std::fprintf(stderr, "fuzz_engine: %s\n", what);
-    std::abort();
-}
-
-void check_error_queue(const char* after)
-{
-    if (ERR_peek_error() != 0) {
-        std::fprintf(stderr, "fuzz_engine: OpenSSL error queue not empty after %s:\n", after);
-        ERR_print_errors_fp(stderr);
-        std::abort();
-    }
-}
 
 /// The first input byte.
 struct setup {
@@ -84,104 +74,6 @@ enum action : std::uint8_t {
     our_close_write,   // try_close_write
     our_shutdown,      // try_shutdown
     action_count
-};
-
-/// A small cursor over the input.
-struct reader {
-    const std::uint8_t* p;
-    std::size_t n;
-    bool empty() const { return n == 0; }
-    std::uint8_t byte()
-    {
-        if (n == 0)
-            return 0;
-        --n;
-        return *p++;
-    }
-    std::span<const std::uint8_t> bytes(std::size_t want)
-    {
-        const std::size_t k = want < n ? want : n;
-        std::span<const std::uint8_t> out(p, k);
-        p += k;
-        n -= k;
-        return out;
-    }
-};
-
-/// The raw OpenSSL end: an SSL over memory BIOs, moved to and from its end of
-/// the socketpair without waiting. What does not fit into the socket yet
-/// stays queued, so the peer never drops or reorders its own bytes.
-class peer {
-public:
-    peer(SSL_CTX* ctx, int fd, bool server) : fd_(fd), ssl_(SSL_new(ctx))
-    {
-        if (!ssl_)
-            fail("SSL_new");
-        BIO* in = BIO_new(BIO_s_mem());
-        BIO* out = BIO_new(BIO_s_mem());
-        BIO_set_mem_eof_return(in, -1); // "nothing yet", not EOF
-        SSL_set_bio(ssl_, in, out);
-        if (server)
-            SSL_set_accept_state(ssl_);
-        else
-            SSL_set_connect_state(ssl_);
-    }
-    peer(const peer&) = delete;
-    peer& operator=(const peer&) = delete;
-    ~peer() { SSL_free(ssl_); }
-
-    SSL* ssl() const noexcept { return ssl_; }
-
-    /// Moves what the SSL wrote into the queue, and the queue into the socket.
-    void flush()
-    {
-        char buf[16384];
-        int n;
-        while ((n = BIO_read(SSL_get_wbio(ssl_), buf, sizeof buf)) > 0)
-            queued_.append(buf, static_cast<std::size_t>(n));
-        send_queued();
-    }
-
-    /// Puts bytes on the wire behind what is queued.
-    void raw(std::span<const std::uint8_t> d)
-    {
-        flush();
-        queued_.append(reinterpret_cast<const char*>(d.data()), d.size());
-        send_queued();
-    }
-
-    /// Hands whatever has arrived to the SSL. False once the other end has ended.
-    bool receive()
-    {
-        char buf[16384];
-        for (;;) {
-            const ssize_t n = ::recv(fd_, buf, sizeof buf, MSG_DONTWAIT);
-            if (n <= 0)
-                return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
-            BIO_write(SSL_get_rbio(ssl_), buf, static_cast<int>(n));
-        }
-    }
-
-    void end_sending()
-    {
-        send_queued();
-        ::shutdown(fd_, SHUT_WR);
-    }
-
-private:
-    void send_queued()
-    {
-        while (!queued_.empty()) {
-            const ssize_t n = ::send(fd_, queued_.data(), queued_.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-            if (n <= 0)
-                return;
-            queued_.erase(0, static_cast<std::size_t>(n));
-        }
-    }
-
-    int fd_;
-    SSL* ssl_;
-    std::string queued_;
 };
 
 struct contexts {
@@ -245,7 +137,7 @@ bool handshake(Stream& s, peer& p, bool we_serve)
             ours_done = w == tls::want::nothing;
         }
         if (!peers_done) {
-            p.receive();
+            p.receive_now();
             ERR_clear_error();
             const int r = SSL_do_handshake(p.ssl());
             p.flush();
@@ -265,44 +157,45 @@ contexts::contexts()
     our_server.emplace(tls::context::server(creds.chain_file, creds.key_file));
     our_client.emplace(tls::context::client());
     our_client->load_verify_file(creds.ca_file);
-    for (int v = 0; v < 2; ++v) {
-        const int version = v ? TLS1_3_VERSION : TLS1_2_VERSION;
-        peer_server[v] = SSL_CTX_new(TLS_server_method());
-        peer_client[v] = SSL_CTX_new(TLS_client_method());
-        for (SSL_CTX* c : {peer_server[v], peer_client[v]}) {
-            SSL_CTX_set_min_proto_version(c, version);
-            SSL_CTX_set_max_proto_version(c, version);
-        }
-        if (SSL_CTX_use_certificate_chain_file(peer_server[v], creds.chain_file.c_str()) != 1
-            || SSL_CTX_use_PrivateKey_file(peer_server[v], creds.key_file.c_str(), SSL_FILETYPE_PEM) != 1)
-            fail("cannot load the peer's certificate");
-        for (bool we_serve : {false, true}) {
-            int fds[2];
-            if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0)
-                fail("socketpair");
+    // Runs f on our stream and the peer, connected by a new socketpair.
+    const auto connected = [this](bool we_serve, int v, auto&& f) {
+        int fds[2];
+        if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0)
+            fail("socketpair");
+        {
             stream<tls::quiet_shutdown> s(we_serve ? *our_server : *our_client, tls::unique_socket{fds[0]});
             peer p(we_serve ? peer_client[v] : peer_server[v], fds[1], !we_serve);
-            if (!handshake(s, p, we_serve))
-                fail("the start-up handshake failed");
-            // TLS 1.3 tickets come after the handshake: let the client read them.
-            char sink[64];
-            std::size_t got = 0;
-            std::byte buf[64];
-            std::size_t n = 0;
-            std::error_code ec;
-            for (int i = 0; i < 4; ++i) {
-                (void)s.try_read_some(buf, n, ec);
-                p.receive();
-                (void)SSL_read_ex(p.ssl(), sink, sizeof sink, &got);
-                p.flush();
-            }
-            ERR_clear_error();
-            // Copies, detached from this connection (see use_copy).
-            if (we_serve)
-                peer_session[v] = SSL_SESSION_dup(SSL_get0_session(p.ssl()));
-            else
-                our_session[v] = tls::session(SSL_SESSION_dup(s.session().native_handle()));
-            ::close(fds[1]);
+            f(s, p);
+        }
+        ::close(fds[1]);
+    };
+    for (int v = 0; v < 2; ++v) {
+        const int version = v ? TLS1_3_VERSION : TLS1_2_VERSION;
+        peer_server[v] = fuzz::peer_context(true, version, creds.chain_file, creds.key_file);
+        peer_client[v] = fuzz::peer_context(false, version, creds.chain_file, creds.key_file);
+        for (bool we_serve : {false, true}) {
+            connected(we_serve, v, [&](stream<tls::quiet_shutdown>& s, peer& p) {
+                if (!handshake(s, p, we_serve))
+                    fail("the start-up handshake failed");
+                // TLS 1.3 tickets come after the handshake: let the client read them.
+                char sink[64];
+                std::size_t got = 0;
+                std::byte buf[64];
+                std::size_t n = 0;
+                std::error_code ec;
+                for (int i = 0; i < 4; ++i) {
+                    (void)s.try_read_some(buf, n, ec);
+                    p.receive_now();
+                    (void)SSL_read_ex(p.ssl(), sink, sizeof sink, &got);
+                    p.flush();
+                }
+                ERR_clear_error();
+                // Copies, detached from this connection (see use_copy).
+                if (we_serve)
+                    peer_session[v] = SSL_SESSION_dup(SSL_get0_session(p.ssl()));
+                else
+                    our_session[v] = tls::session(SSL_SESSION_dup(s.session().native_handle()));
+            });
         }
         if (!our_session[v].resumable())
             fail("no resumable session from the peer server at start-up");
@@ -311,15 +204,11 @@ contexts::contexts()
                    : "no resumable TLS 1.2 session from our server at start-up");
         // Every input resumes them: check once that both ends take them.
         for (bool we_serve : {false, true}) {
-            int fds[2];
-            if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0)
-                fail("socketpair");
-            stream<tls::quiet_shutdown> s(we_serve ? *our_server : *our_client, tls::unique_socket{fds[0]});
-            peer p(we_serve ? peer_client[v] : peer_server[v], fds[1], !we_serve);
-            use_copy(s, p, we_serve, v);
-            if (!handshake(s, p, we_serve) || !s.session_reused())
-                fail("a saved session was not resumed");
-            ::close(fds[1]);
+            connected(we_serve, v, [&](stream<tls::quiet_shutdown>& s, peer& p) {
+                use_copy(s, p, we_serve, v);
+                if (!handshake(s, p, we_serve) || !s.session_reused())
+                    fail("a saved session was not resumed");
+            });
         }
         // From now on the peer server sends tickets only when the script
         // says so (peer_ticket): two per handshake would double its cost.
@@ -381,7 +270,11 @@ void play(const setup& cfg, reader in, stream<Policy>& s, peer& p, ledger& book)
                 book.peer_sent_close_notify = true;
             p.flush();
             break;
-        case peer_raw: p.raw(in.bytes(in.byte())); break;
+        case peer_raw: {
+            const auto d = in.bytes(in.byte());
+            p.raw(d.data(), d.size());
+            break;
+        }
         case peer_key_update:
             ERR_clear_error();
             if (cfg.tls13)
@@ -400,7 +293,7 @@ void play(const setup& cfg, reader in, stream<Policy>& s, peer& p, ledger& book)
             }
             break;
         case peer_read: {
-            p.receive();
+            p.receive_now();
             char buf[4096];
             std::size_t got = 0;
             ERR_clear_error();

@@ -34,6 +34,9 @@
 
 namespace {
 
+using fuzz::check_error_queue;
+using fuzz::fail;
+using fuzz::reader;
 using namespace std::chrono_literals;
 using clock_type = std::chrono::steady_clock;
 
@@ -57,17 +60,8 @@ struct contexts {
         our_client->load_verify_file(creds.ca_file);
         for (int v = 0; v < 2; ++v) {
             const int version = v ? TLS1_3_VERSION : TLS1_2_VERSION;
-            peer_server[v] = SSL_CTX_new(TLS_server_method());
-            peer_client[v] = SSL_CTX_new(TLS_client_method());
-            for (SSL_CTX* c : {peer_server[v], peer_client[v]}) {
-                SSL_CTX_set_min_proto_version(c, version);
-                SSL_CTX_set_max_proto_version(c, version);
-            }
-            if (SSL_CTX_use_certificate_chain_file(peer_server[v], creds.chain_file.c_str()) != 1
-                || SSL_CTX_use_PrivateKey_file(peer_server[v], creds.key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
-                std::fprintf(stderr, "fuzz: cannot load the peer's certificate\n");
-                std::abort();
-            }
+            peer_server[v] = fuzz::peer_context(true, version, creds.chain_file, creds.key_file);
+            peer_client[v] = fuzz::peer_context(false, version, creds.chain_file, creds.key_file);
         }
     }
     contexts(const contexts&) = delete;
@@ -87,12 +81,6 @@ contexts& ctxs()
     return c;
 }
 
-[[noreturn]] void fail(const char* what)
-{
-    std::fprintf(stderr, "fuzz: %s\n", what);
-    std::abort();
-}
-
 /// Runs `f`, failing if it takes longer than `limit` + slack.
 template <class F>
 void bounded(std::chrono::milliseconds limit, const char* what, F&& f)
@@ -102,37 +90,6 @@ void bounded(std::chrono::milliseconds limit, const char* what, F&& f)
     if (clock_type::now() - start > limit + slack)
         fail(what);
 }
-
-void check_error_queue(const char* after)
-{
-    if (ERR_peek_error() != 0) {
-        std::fprintf(stderr, "fuzz: OpenSSL error queue not empty after %s:\n", after);
-        ERR_print_errors_fp(stderr);
-        std::abort();
-    }
-}
-
-/// A small cursor over the script.
-struct reader {
-    const std::uint8_t* p;
-    std::size_t n;
-    bool empty() const { return n == 0; }
-    std::uint8_t byte()
-    {
-        if (n == 0)
-            return 0;
-        --n;
-        return *p++;
-    }
-    std::span<const std::uint8_t> bytes(std::size_t want)
-    {
-        const std::size_t k = want < n ? want : n;
-        std::span<const std::uint8_t> out(p, k);
-        p += k;
-        n -= k;
-        return out;
-    }
-};
 
 /// The peer's side after a real handshake: plays the script, then ends the transport.
 void play_script(fuzz::peer& peer, reader in, bool tls13, bool peer_is_server)

@@ -1,8 +1,8 @@
-// The fuzz target's peer: a raw OpenSSL endpoint on one end of a socketpair,
-// talking through memory BIOs that the driver moves to and from the socket
-// with send(MSG_NOSIGNAL)/recv, so the peer can never raise SIGPIPE and
-// never blocks without a deadline. Shared by the fuzz target and the seed
-// generator.
+// What the fuzz targets share: the peer, a raw OpenSSL endpoint on one end of
+// a socketpair, talking through memory BIOs that the driver moves to and from
+// the socket with send(MSG_NOSIGNAL)/recv, so the peer can never raise
+// SIGPIPE and never blocks without a deadline; a cursor over the input; and
+// the checks' failure. Used by both targets and the seed generator.
 #ifndef TLS_STREAM_TESTS_FUZZ_PEER_HPP
 #define TLS_STREAM_TESTS_FUZZ_PEER_HPP
 
@@ -12,9 +12,13 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <span>
 #include <string>
 
 namespace fuzz {
@@ -67,22 +71,44 @@ public:
 
     SSL* ssl() const noexcept { return ssl_; }
 
-    /// Sends what the SSL has written; bytes that do not fit are dropped
-    /// (the other side is not reading yet, so waiting would not help).
-    void flush() noexcept
+    /// Sends what the SSL has written, without waiting: what does not fit
+    /// into the socket yet stays queued, in order, for the next flush (the
+    /// other side may not be reading yet, so waiting would not help).
+    void flush()
     {
         char buf[16384];
-        BIO* out = SSL_get_wbio(ssl_);
         int n;
-        while ((n = BIO_read(out, buf, sizeof buf)) > 0)
-            raw(buf, static_cast<std::size_t>(n));
+        while ((n = BIO_read(SSL_get_wbio(ssl_), buf, sizeof buf)) > 0)
+            queued_.append(buf, static_cast<std::size_t>(n));
+        send_queued();
     }
 
-    /// Puts bytes on the wire without waiting.
-    void raw(const void* p, std::size_t n) noexcept
+    /// Puts bytes on the wire as they are, behind what the SSL wrote.
+    void raw(const void* p, std::size_t n)
     {
-        if (fd_ >= 0 && n > 0)
-            (void)::send(fd_, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        flush();
+        queued_.append(static_cast<const char*>(p), n);
+        send_queued();
+    }
+
+    /// Hands whatever has arrived to the SSL, without waiting. False once
+    /// the other side has ended the transport.
+    bool receive_now() noexcept
+    {
+        char buf[16384];
+        for (;;) {
+            const ssize_t n = ::recv(fd_, buf, sizeof buf, MSG_DONTWAIT);
+            if (n <= 0)
+                return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+            BIO_write(SSL_get_rbio(ssl_), buf, static_cast<int>(n));
+        }
+    }
+
+    /// Ends our sending side (FIN) after what is queued.
+    void end_sending() noexcept
+    {
+        send_queued();
+        ::shutdown(fd_, SHUT_WR);
     }
 
     /// Runs the handshake, waiting for the other side at most `limit` in all.
@@ -117,8 +143,72 @@ public:
     }
 
 private:
+    void send_queued() noexcept
+    {
+        while (fd_ >= 0 && !queued_.empty()) {
+            const ssize_t n = ::send(fd_, queued_.data(), queued_.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (n <= 0)
+                return;
+            queued_.erase(0, static_cast<std::size_t>(n));
+        }
+    }
+
     int fd_;
     SSL* ssl_;
+    std::string queued_;
+};
+
+/// Stops the fuzzer on a failed check.
+[[noreturn]] inline void fail(const char* what)
+{
+    std::fprintf(stderr, "fuzz: %s\n", what);
+    std::abort();
+}
+
+/// A raw context for the peer, held to one protocol version; a server's has
+/// the certificate chain and key from the files named.
+inline SSL_CTX* peer_context(bool server, int version, const std::string& chain_file, const std::string& key_file)
+{
+    SSL_CTX* c = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
+    if (!c || SSL_CTX_set_min_proto_version(c, version) != 1 || SSL_CTX_set_max_proto_version(c, version) != 1)
+        fail("cannot make the peer's context");
+    if (server
+        && (SSL_CTX_use_certificate_chain_file(c, chain_file.c_str()) != 1
+            || SSL_CTX_use_PrivateKey_file(c, key_file.c_str(), SSL_FILETYPE_PEM) != 1))
+        fail("cannot load the peer's certificate");
+    return c;
+}
+
+/// Stops the fuzzer if our last call left something on the OpenSSL error queue.
+inline void check_error_queue(const char* after)
+{
+    if (ERR_peek_error() != 0) {
+        std::fprintf(stderr, "fuzz: OpenSSL error queue not empty after %s:\n", after);
+        ERR_print_errors_fp(stderr);
+        std::abort();
+    }
+}
+
+/// A small cursor over the input.
+struct reader {
+    const std::uint8_t* p;
+    std::size_t n;
+    bool empty() const { return n == 0; }
+    std::uint8_t byte()
+    {
+        if (n == 0)
+            return 0;
+        --n;
+        return *p++;
+    }
+    std::span<const std::uint8_t> bytes(std::size_t want)
+    {
+        const std::size_t k = want < n ? want : n;
+        std::span<const std::uint8_t> out(p, k);
+        p += k;
+        n -= k;
+        return out;
+    }
 };
 
 } // namespace fuzz
