@@ -1598,8 +1598,8 @@ public:
     tls_stream(const tls_stream&) = delete;
     tls_stream& operator=(const tls_stream&) = delete;
 
-    /// Runs `Policy` if the connection is open (see the README's state
-    /// table), swallows every error, frees the `SSL`. Never throws. Bound
+    /// Runs `Policy` if the connection is open (see docs/guide.md, "What the
+    /// destructor does"), swallows every error, frees the `SSL`. Never throws. Bound
     /// to a closer (`close_via`), it never waits: what is left of the close
     /// moves into the closer.
     /// @note Calls SSL_shutdown, SSL_read_ex and SSL_free.
@@ -1743,15 +1743,18 @@ public:
     /// frees. A second call does nothing and reports the first outcome.
     /// Errors: `errc::timeout`, `errc::stream_truncated`, the peer's fatal
     /// alert, a socket error; on a stream that already failed, that error.
+    /// The result is `[[nodiscard]]`: only `complete` says both close_notify
+    /// alerts were exchanged, which is what ENDTLS and a peer that must have
+    /// read everything depend on; write `(void)s.shutdown()` when it does not matter.
     /// @note Calls SSL_shutdown (once) and SSL_read_ex (to drain or consume).
-    shutdown_result shutdown()
+    [[nodiscard]] shutdown_result shutdown()
     {
         std::error_code ec;
         const shutdown_result r = shutdown(ec);
         detail::throw_if(ec, "tls::tls_stream::shutdown");
         return r;
     }
-    shutdown_result shutdown(std::error_code& ec)
+    [[nodiscard]] shutdown_result shutdown(std::error_code& ec)
     {
         shutdown_result r = shutdown_result::none;
         if (closable(r, ec))
@@ -2047,7 +2050,7 @@ public:
     /// socket. Before that it fails with `errc::not_closed` (or
     /// `errc::not_connected`) and the stream is left as it was.
     /// @note Calls SSL_free.
-    released<Socket> release_socket() &&
+    [[nodiscard]] released<Socket> release_socket() &&
     {
         std::error_code ec;
         std::optional<released<Socket>> r = std::move(*this).release_socket(ec);
@@ -2055,7 +2058,7 @@ public:
             detail::throw_error(ec, "tls::tls_stream::release_socket");
         return std::move(*r);
     }
-    std::optional<released<Socket>> release_socket(std::error_code& ec) &&
+    [[nodiscard]] std::optional<released<Socket>> release_socket(std::error_code& ec) &&
     {
         ec.clear();
         if (!ssl_) {
@@ -2705,7 +2708,7 @@ private:
 
     // ------------------------------------------------ the destructor's close
 
-    // By state (README): an open stream is closed by its policy, here
+    // By state (docs/guide.md): an open stream is closed by its policy, here
     // (waiting up to its deadline) or, bound to a closer, in the closer
     // (what needs no waiting is done here first); a failed one lets
     // OpenSSL's alert leave; anything else is only freed. Out of line:

@@ -400,7 +400,7 @@ ending read_until_end(Stream& s, observer& obs, clock_type::time_point until, bo
             if (e.then == "none") {
                 // Answer, as fast and full do, and see how TCP ends then.
                 std::error_code ignored;
-                s.shutdown(ignored);
+                (void)s.shutdown(ignored);
                 e.then = wait_raw_end(fd, std::min(until, clock_type::now() + milliseconds(500))).how;
             }
         } else if (!ec) {
@@ -816,7 +816,7 @@ std::string resume_after(client_setup& cs, bool& worked_around)
         // has arrived, so wait (without reading) until they have.
         wait_for_arrivals(c->fd(), cs.opt.timeout);
         std::error_code ignored;
-        c->s->shutdown(ignored);
+        (void)c->s->shutdown(ignored);
         // Library bug, worked around: when the peer's FIN arrives while the
         // close consumes what has arrived (nginx answers our close_notify
         // with one), OpenSSL's "accept a missing close_notify" sets the
@@ -1003,7 +1003,7 @@ result serve_one(const options& o, const tls::context& ctx, int fd, const std::s
         r.summary = "the client ended with " + describe(end);
     }
     std::error_code ignored;
-    s.shutdown(ignored); // answers its close_notify, if it sent one
+    (void)s.shutdown(ignored); // answers its close_notify, if it sent one
     return r;
 }
 
