@@ -888,10 +888,11 @@ void count_tables(const options& o)
 
 int usage()
 {
-    std::fprintf(stderr,
-                 "usage: tls_bench time [--quick] [--runs N] [--title TEXT]\n"
-                 "       tls_bench counts [--quick]\n"
-                 "       tls_bench one tls_stream|raw|raw_ra|asio bulk|rtt|churn unix|tcp UNITS [fast|quiet|full]\n");
+    std::fprintf(
+        stderr,
+        "usage: tls_bench time [--quick] [--runs N] [--title TEXT]\n"
+        "       tls_bench counts [--quick]\n"
+        "       tls_bench one tls_stream|raw|raw_ra|raw_rb|asio bulk|rtt|churn unix|tcp UNITS [fast|quiet|full]\n");
     return 2;
 }
 
