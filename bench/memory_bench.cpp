@@ -4,6 +4,15 @@
 // same implementation, all on this thread (issue 12).
 //
 //   memory_bench [--quick] [--conns N]     (default 2 000 connections, --quick 500)
+//   memory_bench --rtt IMPL N              N 64-byte round trips on one connection,
+//                                          for callgrind (IMPL: raw raw_ra raw_rb tls)
+//
+// --rtt: the busy side of the same trade. Each end reads until it has to wait
+// (want read), as an event loop does, so tls_stream frees its buffers at
+// every wait and takes them again; raw_rb frees and retakes them around
+// every record. Count with, e.g.,
+//   valgrind --tool=callgrind memory_bench --rtt tls 1000   (and 3000)
+// and divide the difference by 2 000.
 //
 // Phases, for each implementation in turn, from the same starting heap:
 //   handshake  all N handshakes stepped side by side (one step per end per
@@ -337,6 +346,38 @@ figures measure(impl i, contexts& c, std::size_t conns)
     return f;
 }
 
+// N round trips of 64 bytes on one connection, each end reading until it
+// has to wait.
+void round_trips(impl i, contexts& c, std::size_t count)
+{
+    int fds[2];
+    check(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, fds) == 0, "socketpair");
+    std::unique_ptr<end> ends[2];
+    if (i == impl::tls) {
+        ends[0] = std::make_unique<tls_end>(c.tls_client, fds[0], false);
+        ends[1] = std::make_unique<tls_end>(c.tls_server, fds[1], true);
+    } else {
+        ends[0] = std::make_unique<raw_end>(c.client, fds[0], false, i);
+        ends[1] = std::make_unique<raw_end>(c.server, fds[1], true, i);
+    }
+    for (bool done[2] = {false, false}; !done[0] || !done[1];)
+        for (int k = 0; k < 2; ++k)
+            done[k] = done[k] || ends[k]->handshake() == step::done;
+    std::byte msg[64] = {};
+    std::byte sink[256];
+    for (std::size_t n = 0; n < count; ++n) {
+        for (int from = 0; from < 2; ++from) {
+            end& w = *ends[from];
+            end& r = *ends[1 - from];
+            check(w.write(msg, sizeof msg) == sizeof msg, "round trip write");
+            std::size_t got = 0;
+            for (std::size_t k; (k = r.read(sink, sizeof sink)) > 0;)
+                got += k;
+            check(got == sizeof msg, "round trip read");
+        }
+    }
+}
+
 std::string fmt(double x)
 {
     char b[32];
@@ -354,20 +395,24 @@ std::string ratio(double a, double b)
 
 int main(int argc, char** argv)
 {
-    // Before OpenSSL allocates anything.
-    check(CRYPTO_set_mem_functions(counted_malloc, counted_realloc, counted_free) == 1, "CRYPTO_set_mem_functions");
+    const bool rtt = argc == 4 && std::string(argv[1]) == "--rtt";
+    // Before OpenSSL allocates anything; not for --rtt, whose instructions
+    // should be OpenSSL's own.
+    if (!rtt)
+        check(CRYPTO_set_mem_functions(counted_malloc, counted_realloc, counted_free) == 1, "CRYPTO_set_mem_functions");
     // Raw OpenSSL's close writes with plain write(): an AF_UNIX peer that is
     // gone would raise SIGPIPE. tls_stream itself never needs this.
     std::signal(SIGPIPE, SIG_IGN);
     std::size_t conns = 2000;
-    for (int k = 1; k < argc; ++k) {
+    for (int k = 1; k < argc && !rtt; ++k) {
         const std::string a = argv[k];
         if (a == "--quick")
             conns = 500;
         else if (a == "--conns" && k + 1 < argc)
             conns = std::strtoul(argv[++k], nullptr, 10);
         else {
-            std::fprintf(stderr, "usage: memory_bench [--quick] [--conns N]\n");
+            std::fprintf(stderr, "usage: memory_bench [--quick] [--conns N]\n"
+                                 "       memory_bench --rtt raw|raw_ra|raw_rb|tls N\n");
             return 2;
         }
     }
@@ -378,6 +423,17 @@ int main(int argc, char** argv)
     SSL_CTX_up_ref(server);
     SSL_CTX_up_ref(client);
     contexts c{server, client, tls::context{server}, tls::context{client}};
+    if (rtt) {
+        const std::string name = argv[2];
+        const impl i = name == "raw"      ? impl::raw
+                       : name == "raw_ra" ? impl::raw_ra
+                       : name == "raw_rb" ? impl::raw_rb
+                                          : impl::tls;
+        round_trips(i, c, std::strtoul(argv[3], nullptr, 10));
+        SSL_CTX_free(server);
+        SSL_CTX_free(client);
+        return 0;
+    }
 
     figures m[4] = {};
     for (impl i : all_impls)
