@@ -2184,10 +2184,13 @@ private:
     // (about 16.7 KiB each way) if nothing is left in them, so an idle
     // stream costs what raw OpenSSL with SSL_MODE_RELEASE_BUFFERS does. Not
     // that mode itself: it frees and takes both buffers around every record,
-    // while this leaves a busy stream's buffers alone; a stream that blocks
-    // in recv() (no deadline) never gets here and keeps them. OpenSSL takes
-    // them again on its next read or write. SSL_free_buffers() refuses
-    // (harmlessly) while a partial record or an unsent one is held.
+    // while this leaves a streaming transfer's buffers alone; a stream that
+    // blocks in recv() (no deadline) never gets here and keeps them. The
+    // price: a connection that waits between each request and response
+    // takes them again after every wait, about 4 k instructions per round
+    // trip for both ends (docs/performance.md). OpenSSL takes them on its
+    // next read or write. SSL_free_buffers() refuses (harmlessly) while a
+    // partial record or an unsent one is held.
     void release_buffers() noexcept
     {
         if (t_->buffered() != 0 || SSL_has_pending(ssl_.get()) != 0)

@@ -171,6 +171,8 @@ TEST_CASE("idle streams hold no record buffers: heap per idle end stays within 2
         CHECK(read_until_waiting(c->server).empty());
     }
     const std::size_t after = ::mallinfo2().uordblks;
+    if (before == 0 || after <= before) // ASan or valgrind: malloc is not glibc's, mallinfo2 sees nothing
+        SKIP("mallinfo2 sees no heap here: malloc is replaced (sanitizer or valgrind)");
     const double per_end = (static_cast<double>(after) - static_cast<double>(before)) / (2.0 * pairs);
     CAPTURE(per_end);
     CHECK(per_end < 24.0 * 1024);
