@@ -61,8 +61,13 @@ void check(bool ok, const char* what)
 enum class policy { fast, quiet, full };
 const char* name_of(policy p) { return p == policy::fast ? "fast" : p == policy::quiet ? "quiet" : "full"; }
 
-enum class impl { tls, raw, raw_ra, asio };
-const impl all_impls[] = {impl::tls, impl::raw, impl::raw_ra, impl::asio};
+// raw_rb: raw OpenSSL with SSL_MODE_RELEASE_BUFFERS (its buffers freed and
+// taken again around every record), the leanest raw form when idle.
+enum class impl { tls, raw, raw_ra, asio, raw_rb };
+const impl all_impls[] = {impl::tls, impl::raw, impl::raw_ra, impl::asio, impl::raw_rb};
+constexpr int n_impls = 5;
+// Asio has no fast close; raw_rb is there for the hot path only.
+bool churn_skipped(impl i, policy p) { return (i == impl::asio && p == policy::fast) || i == impl::raw_rb; }
 const char* id_of(impl i)
 {
     switch (i) {
@@ -70,6 +75,7 @@ const char* id_of(impl i)
     case impl::raw: return "raw";
     case impl::raw_ra: return "raw_ra";
     case impl::asio: return "asio";
+    case impl::raw_rb: return "raw_rb";
     }
     return "?";
 }
@@ -80,6 +86,7 @@ const char* label_of(impl i)
     case impl::raw: return "raw OpenSSL";
     case impl::raw_ra: return "raw OpenSSL, read-ahead";
     case impl::asio: return "Asio ssl::stream";
+    case impl::raw_rb: return "raw OpenSSL, SSL_MODE_RELEASE_BUFFERS";
     }
     return "?";
 }
@@ -216,6 +223,7 @@ struct raw_factory {
     env& e;
     bool read_ahead;
     policy pol;
+    bool release_buffers = false;
     class end {
     public:
         end(raw_factory& f, bool server, int fd) : pol_(f.pol), fd_(fd), ssl_(SSL_new(server ? f.e.server : f.e.client))
@@ -223,6 +231,8 @@ struct raw_factory {
             check(ssl_ != nullptr && SSL_set_fd(ssl_, fd) == 1, "SSL_new");
             if (f.read_ahead)
                 SSL_set_read_ahead(ssl_, 1);
+            if (f.release_buffers)
+                SSL_set_mode(ssl_, SSL_MODE_RELEASE_BUFFERS);
         }
         end(const end&) = delete;
         end& operator=(const end&) = delete;
@@ -348,8 +358,9 @@ void with_factory(env& e, impl i, policy p, bool tcp, F&& f)
         }
         return;
     case impl::raw:
-    case impl::raw_ra: {
-        raw_factory fa{e, i == impl::raw_ra, p};
+    case impl::raw_ra:
+    case impl::raw_rb: {
+        raw_factory fa{e, i == impl::raw_ra, p, i == impl::raw_rb};
         return f(fa);
     }
     case impl::asio:
@@ -632,7 +643,7 @@ void time_tables(env& e, const options& o)
     for (bool tcp : {false, true}) {
         // Runs interleave the implementations, so that a change in the
         // machine's load hits all of them alike.
-        std::vector<double> mibs[4], cpu_mib[4], rts[4], cpu_rt[4];
+        std::vector<double> mibs[n_impls], cpu_mib[n_impls], rts[n_impls], cpu_rt[n_impls];
         for (int k = 0; k < o.runs; ++k) {
             for (impl i : all_impls) {
                 const sample b = run_once(e, i, workload::bulk, tcp, o.bulk_mib << 20, policy::full);
@@ -644,7 +655,7 @@ void time_tables(env& e, const options& o)
                 cpu_rt[x].push_back(r.cpu * 1e6 / static_cast<double>(o.rtts));
             }
         }
-        double med[4][4] = {};
+        double med[n_impls][4] = {};
         for (impl i : all_impls) {
             const auto x = static_cast<int>(i);
             const stat s[4] = {summarise(mibs[x]), summarise(cpu_mib[x]), summarise(rts[x]), summarise(cpu_rt[x])};
@@ -654,7 +665,7 @@ void time_tables(env& e, const options& o)
                         cell(s[1]).c_str(), cell(s[2]).c_str(), cell(s[3]).c_str());
             std::fflush(stdout);
         }
-        for (impl ref : {impl::raw_ra, impl::asio}) {
+        for (impl ref : {impl::raw_ra, impl::raw_rb, impl::asio}) {
             const auto* t = med[static_cast<int>(impl::tls)];
             const auto* r = med[static_cast<int>(ref)];
             std::printf("| %s | *tls_stream ÷ %s* | %s | %s | %s | %s |\n", transport_name(tcp), label_of(ref),
@@ -673,10 +684,10 @@ void time_tables(env& e, const options& o)
     std::printf("|---|---|---|---|---|---|---|\n");
     for (bool tcp : {false, true}) {
         for (policy p : {policy::fast, policy::quiet, policy::full}) {
-            std::vector<double> rate[4], cpu[4], c50[4], c99[4];
+            std::vector<double> rate[n_impls], cpu[n_impls], c50[n_impls], c99[n_impls];
             for (int k = 0; k < o.runs; ++k) {
                 for (impl i : all_impls) {
-                    if (i == impl::asio && p == policy::fast)
+                    if (churn_skipped(i, p))
                         continue;
                     const auto x = static_cast<int>(i);
                     const sample c = run_once(e, i, workload::churn, tcp, o.churn, p);
@@ -686,9 +697,9 @@ void time_tables(env& e, const options& o)
                     c99[x].push_back(percentile(c.close_us, 0.99));
                 }
             }
-            double p50[4] = {};
+            double p50[n_impls] = {};
             for (impl i : all_impls) {
-                if (i == impl::asio && p == policy::fast) {
+                if (churn_skipped(i, p)) {
                     std::printf("| %s | %s | %s | n/a | n/a | n/a | n/a |\n", transport_name(tcp), name_of(p),
                                 label_of(i));
                     continue;
@@ -840,7 +851,7 @@ void count_tables(const options& o)
                 "· full |\n");
     std::printf("|---|---|---|---|---|---|---|---|\n");
     for (bool tcp : {false, true}) {
-        per_unit m[4][2] = {};
+        per_unit m[n_impls][2] = {};
         for (impl i : all_impls) {
             const per_unit b = measure(t, i, workload::bulk, tcp, mib_small, mib_big, policy::full, 1 << 20);
             const per_unit r = measure(t, i, workload::rtt, tcp, rt_small, rt_big, policy::full, 1);
@@ -849,7 +860,7 @@ void count_tables(const options& o)
             std::string ci, cs;
             for (policy p : {policy::fast, policy::quiet, policy::full}) {
                 const char* sep = p == policy::fast ? "" : " · ";
-                if (i == impl::asio && p == policy::fast) {
+                if (churn_skipped(i, p)) {
                     ci += std::string(sep) + "n/a";
                     cs += std::string(sep) + "n/a";
                     continue;
@@ -863,7 +874,7 @@ void count_tables(const options& o)
                         ci.c_str(), cs.c_str());
             std::fflush(stdout);
         }
-        for (impl ref : {impl::raw, impl::raw_ra, impl::asio}) {
+        for (impl ref : {impl::raw, impl::raw_ra, impl::raw_rb, impl::asio}) {
             const auto& x = m[static_cast<int>(impl::tls)];
             const auto& y = m[static_cast<int>(ref)];
             std::printf("| %s | *tls_stream ÷ %s* | %s | %s | %s | %s | | |\n", transport_name(tcp), label_of(ref),
@@ -877,10 +888,11 @@ void count_tables(const options& o)
 
 int usage()
 {
-    std::fprintf(stderr,
-                 "usage: tls_bench time [--quick] [--runs N] [--title TEXT]\n"
-                 "       tls_bench counts [--quick]\n"
-                 "       tls_bench one tls_stream|raw|raw_ra|asio bulk|rtt|churn unix|tcp UNITS [fast|quiet|full]\n");
+    std::fprintf(
+        stderr,
+        "usage: tls_bench time [--quick] [--runs N] [--title TEXT]\n"
+        "       tls_bench counts [--quick]\n"
+        "       tls_bench one tls_stream|raw|raw_ra|raw_rb|asio bulk|rtt|churn unix|tcp UNITS [fast|quiet|full]\n");
     return 2;
 }
 

@@ -40,6 +40,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <set>
 #include <span>
@@ -1095,8 +1096,8 @@ inline steady::time_point deadline_after(std::chrono::milliseconds d, steady::ti
     return now + d;
 }
 
-// Ciphertext read from the socket ahead of what OpenSSL asked for, so that one
-// recv() usually brings a whole record (or several) instead of header + body.
+// The most one recv() asks for: OpenSSL's read-ahead buffer is smaller (a
+// record and its overhead, about 16.7 KiB), so in practice recv() fills that.
 inline constexpr std::size_t read_ahead_capacity = std::size_t{64} * 1024;
 
 struct transport {
@@ -1119,7 +1120,14 @@ struct transport {
     bool write_blocked = false; // the last send() found no room
     std::size_t begin = 0;      // unconsumed ciphertext is buf[begin, end)
     std::size_t end = 0;
-    std::unique_ptr<std::byte[]> buf{new std::byte[read_ahead_capacity]};
+    // Bytes a recv() brought past the end of the record OpenSSL is reading.
+    // Taken only when there are some, and kept while the stream is busy (no
+    // allocation per record); release_idle() frees it once it is drained and
+    // the stream waits for the peer, so an idle stream holds none (issue 12:
+    // a 64 KiB buffer made with every stream cost 2.4 times raw OpenSSL's
+    // heap per idle connection).
+    std::unique_ptr<std::byte[]> buf{};
+    std::size_t capacity = 0;
     // Framing of what OpenSSL was given: it never gets a byte past the end
     // of the record it is reading, so whatever follows the peer's
     // close_notify stays in buf for release_socket().
@@ -1128,6 +1136,16 @@ struct transport {
     std::size_t body_left = 0;   // bytes of its body still to give
 
     std::size_t buffered() const noexcept { return end - begin; }
+
+    // Frees the buffer if nothing is left in it.
+    void release_idle() noexcept
+    {
+        if (begin != end)
+            return;
+        buf.reset();
+        capacity = 0;
+        begin = end = 0;
+    }
 };
 
 // How many of the n bytes at p belong to the current record (all of them, or
@@ -1156,7 +1174,9 @@ inline std::size_t frame(transport& t, const std::byte* p, std::size_t n) noexce
 
 // OpenSSL runs with read-ahead on, so it asks for a whole buffer's worth and
 // one recv() usually brings a whole record, straight into OpenSSL's buffer
-// (no copy). Only bytes past the end of the current record are kept here.
+// (no copy). Only bytes past the end of the current record are kept here, in
+// a buffer taken when the first such bytes arrive: no more than that recv()
+// asked for, so at most OpenSSL's request, about 16.7 KiB.
 inline int transport_read(BIO* bio, char* out, std::size_t len, std::size_t* got) noexcept
 {
     auto* t = static_cast<transport*>(BIO_get_data(bio));
@@ -1187,9 +1207,23 @@ inline int transport_read(BIO* bio, char* out, std::size_t len, std::size_t* got
         }
         const auto received = static_cast<std::size_t>(n);
         const std::size_t k = frame(*t, dst, received);
-        std::memcpy(t->buf.get(), dst + k, received - k);
+        const std::size_t rest = received - k;
+        if (rest > t->capacity) {
+            const std::size_t size = std::min(len, read_ahead_capacity);
+            t->buf.reset(new (std::nothrow) std::byte[size]);
+            t->capacity = t->buf ? size : 0;
+            if (!t->buf) [[unlikely]] {
+                // The bytes are off the socket and cannot be kept: the stream
+                // of records is broken, which OpenSSL reports as its end.
+                t->last_errno = ENOMEM;
+                t->eof = true;
+                return 0;
+            }
+        }
+        if (rest != 0)
+            std::memcpy(t->buf.get(), dst + k, rest);
         t->begin = 0;
-        t->end = received - k;
+        t->end = rest;
         *got = k;
         return 1;
     }
@@ -2072,7 +2106,9 @@ public:
             ec = st_.stage == phase::failed ? st_.error : make_error_code(errc::not_closed);
             return std::nullopt;
         }
-        std::vector<std::byte> unread(t_->buf.get() + t_->begin, t_->buf.get() + t_->end);
+        std::vector<std::byte> unread;
+        if (t_->buffered() != 0)
+            unread.assign(t_->buf.get() + t_->begin, t_->buf.get() + t_->end);
         ssl_.reset(); // frees the BIO and the transport with it
         t_ = nullptr;
         st_ = state{};
@@ -2134,6 +2170,8 @@ private:
         const int err = SSL_get_error(ssl_.get(), r);
         if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
             w = err == SSL_ERROR_WANT_READ ? want::read : want::write;
+            if (w == want::read)
+                release_buffers();
             return op_status::blocked;
         }
         if (err == SSL_ERROR_ZERO_RETURN) {
@@ -2142,6 +2180,26 @@ private:
         }
         ec = error_from(err);
         return op_status::failed;
+    }
+
+    // Called when the stream has to wait for the peer (a recv() found
+    // nothing): frees the read-ahead buffer and OpenSSL's record buffers
+    // (about 16.7 KiB each way) if nothing is left in them, so an idle
+    // stream costs what raw OpenSSL with SSL_MODE_RELEASE_BUFFERS does. Not
+    // that mode itself: it frees and takes both buffers around every record,
+    // while this leaves a streaming transfer's buffers alone; a stream that
+    // blocks in recv() (no deadline) never gets here and keeps them. The
+    // price: a connection that waits between each request and response
+    // takes them again after every wait, about 4 k instructions per round
+    // trip for both ends (docs/performance.md). OpenSSL takes them on its
+    // next read or write. SSL_free_buffers() refuses (harmlessly) while a
+    // partial record or an unsent one is held.
+    void release_buffers() noexcept
+    {
+        if (t_->buffered() != 0 || SSL_has_pending(ssl_.get()) != 0)
+            return;
+        t_->release_idle();
+        SSL_free_buffers(ssl_.get());
     }
 
     // The transport must not block in the kernel during a step.
@@ -2290,6 +2348,9 @@ private:
     {
         if (s == op_status::done) {
             st_.stage = phase::open;
+            // Many connections sit idle after their handshake; the first
+            // read or write takes the buffers again.
+            release_buffers();
             return;
         }
         if (!ec) // close_notify during the handshake: the peer gave up

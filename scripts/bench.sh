@@ -2,10 +2,15 @@
 # Benchmarks tls_stream against raw OpenSSL (read-ahead off and on) and
 # Asio's ssl::stream, and prints markdown tables: timings with both threads
 # pinned to one CPU (the headline), the same with free threads, then
-# instruction (callgrind) and system-call counts.
+# instruction (callgrind) and system-call counts, then heap per connection.
 #
 #   scripts/bench.sh           the full run (15 to 20 minutes on 2 CPUs)
 #   scripts/bench.sh --quick   smaller workloads and 3 runs, for development
+#   scripts/bench.sh --memory [--quick]
+#                              only the heap per connection (idle, active,
+#                              handshake peak) against raw OpenSSL with and
+#                              without SSL_MODE_RELEASE_BUFFERS, 2 000
+#                              connections (500 with --quick), seconds
 #   scripts/bench.sh --eventloop [--quick]
 #                              only the event-loop benchmark: steps + closer
 #                              against raw non-blocking OpenSSL, 10 000
@@ -18,11 +23,13 @@ cd "$(dirname "$0")/.."
 
 quick=()
 eventloop=false
+memory=false
 for arg in "$@"; do
     case "$arg" in
         --quick) quick=(--quick) ;;
         --eventloop) eventloop=true ;;
-        *) echo "usage: scripts/bench.sh [--eventloop] [--quick]" >&2; exit 2 ;;
+        --memory) memory=true ;;
+        *) echo "usage: scripts/bench.sh [--eventloop | --memory] [--quick]" >&2; exit 2 ;;
     esac
 done
 
@@ -33,6 +40,7 @@ dir=build/bench
 meson compile -C "$dir" >&2
 bench=$dir/bench/tls_bench
 eventloop_bench=$dir/bench/eventloop_bench
+memory_bench=$dir/bench/memory_bench
 
 echo "### Machine"
 echo
@@ -44,6 +52,11 @@ echo "- command: scripts/bench.sh $*"
 echo "- load average (1, 5, 15 min) before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 
+if $memory; then
+    "$memory_bench" "${quick[@]}"
+    exit 0
+fi
+
 if $eventloop; then
     "$eventloop_bench" "${quick[@]}"
     echo
@@ -54,4 +67,5 @@ fi
 taskset -c 0 "$bench" time "${quick[@]}" --title "both threads pinned to one CPU (taskset -c 0)"
 "$bench" time "${quick[@]}" --title "free threads"
 "$bench" counts "${quick[@]}"
+"$memory_bench" "${quick[@]}"
 echo "Load average (1, 5, 15 min) after the run: $(cut -d' ' -f1-3 /proc/loadavg)"
