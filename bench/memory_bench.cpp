@@ -5,7 +5,8 @@
 //
 //   memory_bench [--quick] [--conns N]     (default 2 000 connections, --quick 500)
 //   memory_bench --rtt IMPL N              N 64-byte round trips on one connection,
-//                                          for callgrind (IMPL: raw raw_ra raw_rb tls)
+//                                          for callgrind (IMPL: raw raw_ra raw_rb tls tls_keep;
+//                                          tls_keep: set_release_idle_buffers(false))
 //
 // --rtt: the busy side of the same trade. Each end reads until it has to wait
 // (want read), as an event loop does, so tls_stream frees its buffers at
@@ -412,7 +413,7 @@ int main(int argc, char** argv)
             conns = std::strtoul(argv[++k], nullptr, 10);
         else {
             std::fprintf(stderr, "usage: memory_bench [--quick] [--conns N]\n"
-                                 "       memory_bench --rtt raw|raw_ra|raw_rb|tls N\n");
+                                 "       memory_bench --rtt raw|raw_ra|raw_rb|tls|tls_keep N\n");
             return 2;
         }
     }
@@ -429,6 +430,10 @@ int main(int argc, char** argv)
                        : name == "raw_ra" ? impl::raw_ra
                        : name == "raw_rb" ? impl::raw_rb
                                           : impl::tls;
+        if (name == "tls_keep") { // tls_stream keeping its buffers while it waits
+            c.tls_client.set_release_idle_buffers(false);
+            c.tls_server.set_release_idle_buffers(false);
+        }
         round_trips(i, c, std::strtoul(argv[3], nullptr, 10));
         SSL_CTX_free(server);
         SSL_CTX_free(client);

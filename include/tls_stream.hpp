@@ -270,6 +270,7 @@ struct context_state {
     std::mutex keylog_mutex; // guards the two members below
     std::unique_ptr<std::FILE, file_closer> keylog_file;
     std::function<void(std::string_view)> keylog_callback;
+    bool keep_idle_buffers = false; // set_release_idle_buffers(false)
 };
 
 inline void free_context_state(void* /*parent*/, void* state, CRYPTO_EX_DATA* /*ad*/, int /*index*/, long /*argl*/,
@@ -805,6 +806,28 @@ public:
         return ctx_ && (SSL_CTX_get_options(ctx_.get()) & SSL_OP_IGNORE_UNEXPECTED_EOF) != 0;
     }
 
+    /// Whether streams made from this context from now on free their record
+    /// buffers while they wait for the peer: yes by default, so an idle
+    /// connection holds about 18 KiB per end instead of about 51 (raw
+    /// OpenSSL's). The price falls on a connection that waits between each
+    /// request and its response: it takes the buffers again after every
+    /// wait, about 14% more instructions per round trip. `false` keeps them,
+    /// for busy event loops (docs/guide.md, "How it works"). Does nothing on
+    /// an empty context. `tls_stream::set_release_idle_buffers` sets one stream.
+    /// @note Calls SSL_CTX_set_ex_data (the first time the context keeps state).
+    void set_release_idle_buffers(bool release = true)
+    {
+        if (!ctx_)
+            return;
+        if (!release || detail::find_state(ctx_.get()) != nullptr)
+            state().keep_idle_buffers = !release;
+    }
+    bool releases_idle_buffers() const noexcept
+    {
+        const detail::context_state* s = detail::find_state(ctx_.get());
+        return ctx_ && !(s && s->keep_idle_buffers);
+    }
+
     SSL_CTX* native_handle() const noexcept { return ctx_.get(); }
     explicit operator bool() const noexcept { return ctx_ != nullptr; }
 
@@ -1117,8 +1140,9 @@ struct transport {
     // alert after the peer ended the transport (a truncation: nothing more).
     bool muted = false;
     bool mute_after_eof = true;
-    bool write_blocked = false; // the last send() found no room
-    std::size_t begin = 0;      // unconsumed ciphertext is buf[begin, end)
+    bool write_blocked = false;     // the last send() found no room
+    bool keep_idle_buffers = false; // set_release_idle_buffers(false)
+    std::size_t begin = 0;          // unconsumed ciphertext is buf[begin, end)
     std::size_t end = 0;
     // Bytes a recv() brought past the end of the record OpenSSL is reading.
     // Taken only when there are some, and kept while the stream is busy (no
@@ -1602,6 +1626,8 @@ public:
         }
         t_ = t.release();
         t_->mute_after_eof = (SSL_get_options(ssl_.get()) & SSL_OP_IGNORE_UNEXPECTED_EOF) == 0;
+        if (const detail::context_state* st = detail::find_state(ctx.native_handle()))
+            t_->keep_idle_buffers = st->keep_idle_buffers;
         BIO_set_data(bio, t_);
         BIO_set_init(bio, 1);
         SSL_set_bio(ssl_.get(), bio, bio);
@@ -1842,6 +1868,17 @@ public:
     {
         return ssl_ && (SSL_get_options(ssl_.get()) & SSL_OP_IGNORE_UNEXPECTED_EOF) != 0;
     }
+
+    /// As `context::set_release_idle_buffers`, for this stream: `false`
+    /// keeps its record buffers while it waits for the peer (a busy
+    /// event-loop connection saves taking them again after every wait);
+    /// `true`, the context's default, frees them at its next wait.
+    void set_release_idle_buffers(bool release = true) noexcept
+    {
+        if (t_)
+            t_->keep_idle_buffers = !release;
+    }
+    bool releases_idle_buffers() const noexcept { return t_ && !t_->keep_idle_buffers; }
 
     // -- event loops: one non-blocking step each
     //
@@ -2191,12 +2228,13 @@ private:
     // blocks in recv() (no deadline) never gets here and keeps them. The
     // price: a connection that waits between each request and response
     // takes them again after every wait, about 4 k instructions per round
-    // trip for both ends (docs/performance.md). OpenSSL takes them on its
+    // trip for both ends (docs/performance.md), which
+    // set_release_idle_buffers(false) avoids. OpenSSL takes them on its
     // next read or write. SSL_free_buffers() refuses (harmlessly) while a
     // partial record or an unsent one is held.
     void release_buffers() noexcept
     {
-        if (t_->buffered() != 0 || SSL_has_pending(ssl_.get()) != 0)
+        if (t_->keep_idle_buffers || t_->buffered() != 0 || SSL_has_pending(ssl_.get()) != 0)
             return;
         t_->release_idle();
         SSL_free_buffers(ssl_.get());

@@ -97,6 +97,52 @@ struct quiet_session : support::session<stream_t> {
     }
 };
 
+// Heap in use per connection end for `pairs` idle connections, both ends
+// tls_stream (handshakes stepped side by side on this thread, then each end
+// tries a read and has to wait); 0 where mallinfo2 sees no heap (malloc
+// replaced by a sanitizer or valgrind).
+double idle_heap_per_end(std::size_t pairs, bool release)
+{
+    tls::context server_ctx = support::server_context(TLS1_3_VERSION);
+    tls::context client_ctx = support::client_context(TLS1_3_VERSION);
+    server_ctx.set_release_idle_buffers(release);
+    client_ctx.set_release_idle_buffers(release);
+    struct connection {
+        stream_t client, server;
+    };
+    std::vector<std::unique_ptr<connection>> conns;
+    conns.reserve(pairs);
+    const std::size_t before = ::mallinfo2().uordblks;
+    for (std::size_t i = 0; i < pairs; ++i) {
+        auto p = support::unix_pair();
+        conns.push_back(std::make_unique<connection>(
+            connection{stream_t(client_ctx, std::move(p.a)), stream_t(server_ctx, std::move(p.b))}));
+    }
+    for (auto& c : conns) {
+        bool client_done = false, server_done = false;
+        for (int steps = 0; (!client_done || !server_done) && steps < 100; ++steps) {
+            std::error_code ec;
+            if (!client_done)
+                client_done = c->client.try_connect(ec) == tls::want::nothing;
+            support::ensure(!ec, "try_connect: " + ec.message());
+            if (!server_done)
+                server_done = c->server.try_accept(ec) == tls::want::nothing;
+            support::ensure(!ec, "try_accept: " + ec.message());
+        }
+        support::ensure(client_done && server_done, "handshakes did not finish");
+        support::ensure(read_until_waiting(c->client).empty(), "the client read data"); // takes the tickets
+        support::ensure(read_until_waiting(c->server).empty(), "the server read data");
+    }
+    const std::size_t after = ::mallinfo2().uordblks;
+    for (auto& c : conns) { // close quietly: nothing to wait for
+        c->client.close_write();
+        c->server.close_write();
+    }
+    if (before == 0 || after <= before)
+        return 0;
+    return (static_cast<double>(after) - static_cast<double>(before)) / (2.0 * static_cast<double>(pairs));
+}
+
 } // namespace
 
 TEST_CASE("a stream takes its read-ahead buffer when bytes past a record arrive and frees it once drained and waiting",
@@ -135,51 +181,14 @@ TEST_CASE("a stream takes its read-ahead buffer when bytes past a record arrive 
 
 TEST_CASE("idle streams hold no record buffers: heap per idle end stays within 24 KiB, not 110 KiB", "[memory]")
 {
-    // Both ends tls_stream, handshakes stepped side by side on this thread,
-    // then each end tries a read and has to wait. Raw OpenSSL with
-    // SSL_MODE_RELEASE_BUFFERS measures about 16 KiB per end here; keeping
-    // OpenSSL's two record buffers (2 x 16.7 KiB) or the read-ahead buffer
-    // (up to 64 KiB) breaks the bound.
-    constexpr std::size_t pairs = 32;
-    const tls::context server_ctx = support::server_context(TLS1_3_VERSION);
-    const tls::context client_ctx = support::client_context(TLS1_3_VERSION);
-    struct connection {
-        stream_t client, server;
-    };
-    std::vector<std::unique_ptr<connection>> conns;
-    conns.reserve(pairs);
-    const std::size_t before = ::mallinfo2().uordblks;
-    for (std::size_t i = 0; i < pairs; ++i) {
-        auto p = support::unix_pair();
-        conns.push_back(std::make_unique<connection>(
-            connection{stream_t(client_ctx, std::move(p.a)), stream_t(server_ctx, std::move(p.b))}));
-    }
-    for (auto& c : conns) {
-        bool client_done = false, server_done = false;
-        for (int steps = 0; (!client_done || !server_done) && steps < 100; ++steps) {
-            std::error_code ec;
-            if (!client_done)
-                client_done = c->client.try_connect(ec) == tls::want::nothing;
-            REQUIRE_FALSE(ec);
-            if (!server_done)
-                server_done = c->server.try_accept(ec) == tls::want::nothing;
-            REQUIRE_FALSE(ec);
-        }
-        REQUIRE(client_done);
-        REQUIRE(server_done);
-        CHECK(read_until_waiting(c->client).empty()); // takes the server's tickets
-        CHECK(read_until_waiting(c->server).empty());
-    }
-    const std::size_t after = ::mallinfo2().uordblks;
-    if (before == 0 || after <= before) // ASan or valgrind: malloc is not glibc's, mallinfo2 sees nothing
+    // Raw OpenSSL with SSL_MODE_RELEASE_BUFFERS measures about 16 KiB per
+    // end here; keeping OpenSSL's two record buffers (2 x 16.7 KiB) or the
+    // read-ahead buffer (up to 64 KiB) breaks the bound.
+    const double per_end = idle_heap_per_end(32, true);
+    if (per_end == 0)
         SKIP("mallinfo2 sees no heap here: malloc is replaced (sanitizer or valgrind)");
-    const double per_end = (static_cast<double>(after) - static_cast<double>(before)) / (2.0 * pairs);
     CAPTURE(per_end);
     CHECK(per_end < 24.0 * 1024);
-    for (auto& c : conns) { // close quietly: nothing to wait for
-        c->client.close_write();
-        c->server.close_write();
-    }
 }
 
 TEST_CASE("records split into one-byte segments by a raw peer come out whole, once their last byte arrives, and the "
@@ -328,4 +337,57 @@ TEST_CASE("application data in the segment of the handshake's last flight is kep
     CHECK(transport_of(s).buffered() > first_words.size()); // the record came with the Finished
     CHECK(read_until_waiting(s) == first_words);
     CHECK(transport_of(s).buf == nullptr);
+}
+
+TEST_CASE("set_release_idle_buffers(false), on the context or the stream, keeps a waiting stream's buffers; true "
+          "frees them at the next wait",
+          "[memory]")
+{
+    const int version = TLS_STREAM_TEST_VERSIONS();
+    CAPTURE(version_name(version));
+    const bool on_context = GENERATE(true, false);
+    CAPTURE(on_context);
+    tls::context ctx = support::client_context(version);
+    CHECK(ctx.releases_idle_buffers()); // the default
+    if (on_context) {
+        ctx.set_release_idle_buffers(false);
+        CHECK_FALSE(ctx.releases_idle_buffers());
+    }
+    auto p = support::unix_pair();
+    stream_t s(ctx, std::move(p.a));
+    if (!on_context) {
+        CHECK(s.releases_idle_buffers());
+        s.set_release_idle_buffers(false);
+    }
+    CHECK_FALSE(s.releases_idle_buffers());
+    support::raw_peer peer(support::server_context(version), std::move(p.b));
+    support::handshake(s, peer);
+    REQUIRE(support::ping_pong(s, peer) == "pong");
+    const tls::detail::transport& t = transport_of(s);
+
+    // Three records in our socket before we read: the read-ahead buffer is
+    // taken, and stays once drained and waiting.
+    const std::string msg = support::pattern(40000, 7);
+    peer.write(msg);
+    CHECK(read_until_waiting(s) == msg);
+    CHECK(t.buf != nullptr);
+    CHECK(t.capacity > 0);
+
+    // Released again: the next wait frees it.
+    s.set_release_idle_buffers(true);
+    peer.write(msg);
+    CHECK(read_until_waiting(s) == msg);
+    CHECK(t.buf == nullptr);
+    CHECK(t.capacity == 0);
+}
+
+TEST_CASE("idle streams that keep their buffers hold OpenSSL's record buffers: over 40 KiB per end", "[memory]")
+{
+    // With set_release_idle_buffers(false) the difference from the test
+    // above is OpenSSL's two record buffers (2 x 16.7 KiB per end).
+    const double per_end = idle_heap_per_end(16, false);
+    if (per_end == 0)
+        SKIP("mallinfo2 sees no heap here: malloc is replaced (sanitizer or valgrind)");
+    CAPTURE(per_end);
+    CHECK(per_end > 40.0 * 1024);
 }
