@@ -66,7 +66,8 @@ void expect_closure(support::raw_peer& peer, std::string_view last_data)
     if (how == support::ending::close_notify)
         peer.shutdown();
     const support::raw_end end = support::read_raw_until_eof(peer.fd());
-    support::ensure(end.clean_eof || end.error == ECONNRESET, "peer: our socket never closed");
+    support::ensure(end.clean_eof || end.error == ECONNRESET,
+                    "peer: our socket never closed (errno " + std::to_string(end.error) + ")");
 }
 
 // Runs `io` until it has no work left; false if that takes longer than `limit`.
@@ -380,7 +381,7 @@ TEST_CASE("a destructor's close waits for a silent peer on the executor, up to t
         support::ensure(how == support::ending::close_notify, "peer: expected close_notify, got " + to_string(how));
         // Silent: never answers. Our socket closes at the deadline.
         const support::raw_end end = support::read_raw_until_eof(peer.fd());
-        support::ensure(end.clean_eof, "peer: our socket never closed");
+        support::ensure(end.clean_eof, "peer: our socket did not close cleanly (errno " + std::to_string(end.error) + ")");
     });
     auto s = std::make_unique<asio_stream<support::brief_full>>(support::client_context(version), std::move(ours));
     std::chrono::steady_clock::time_point destroyed;
@@ -444,8 +445,11 @@ TEST_CASE("an io_context destroyed with destructor closes pending frees them wit
         while ((got = peer.read_some(64, how)) != "") {
         }
         support::ensure(how == support::ending::close_notify, "peer: expected close_notify, got " + to_string(how));
+        // Abandoned, the close consumes nothing more: a TLS 1.3 ticket that
+        // arrived after our last step makes the close a reset.
         const support::raw_end end = support::read_raw_until_eof(peer.fd());
-        support::ensure(end.clean_eof, "peer: our socket never closed");
+        support::ensure(end.clean_eof || end.error == ECONNRESET,
+                        "peer: our socket never closed (errno " + std::to_string(end.error) + ")");
     });
     bool destroyed = false;
     {
