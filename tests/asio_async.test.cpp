@@ -211,17 +211,19 @@ TEMPLATE_TEST_CASE("coroutines: a client's async_connect, asio::async_write, asy
     });
     std::string got;
     tls::shutdown_result r{};
+    // A named closure: the coroutine refers to its captures, so the closure
+    // must outlive it (a temporary would be gone at the first suspension).
+    auto client = [&](asio::ip::tcp::socket sock) -> asio::awaitable<void> {
+        asio_stream<TestType> s(support::client_context(version), std::move(sock));
+        co_await s.async_connect("localhost", asio::use_awaitable);
+        co_await asio::async_write(s, asio::buffer("ping", 4), asio::use_awaitable);
+        char buf[16];
+        const std::size_t n = co_await s.async_read_some(asio::buffer(buf), asio::use_awaitable);
+        got.assign(buf, n);
+        r = co_await s.async_shutdown(asio::use_awaitable);
+    };
     asio::co_spawn(
-        io,
-        [&](asio::ip::tcp::socket sock) -> asio::awaitable<void> {
-            asio_stream<TestType> s(support::client_context(version), std::move(sock));
-            co_await s.async_connect("localhost", asio::use_awaitable);
-            co_await asio::async_write(s, asio::buffer("ping", 4), asio::use_awaitable);
-            char buf[16];
-            const std::size_t n = co_await s.async_read_some(asio::buffer(buf), asio::use_awaitable);
-            got.assign(buf, n);
-            r = co_await s.async_shutdown(asio::use_awaitable);
-        }(std::move(ours)),
+        io, client(std::move(ours)),
         [](std::exception_ptr e) {
             if (e)
                 std::rethrow_exception(e);
@@ -603,4 +605,42 @@ TEMPLATE_TEST_CASE("openssl s_server sees the policy's closure from a coroutine 
         CHECK(interop::contains(out, "<<< " + interop::msg_version(version) + cn));
         CHECK_FALSE(interop::contains(out, "unexpected eof"));
     }
+}
+
+TEST_CASE("an io_context destroyed while a coroutine waits on a read frees its stream without waiting", "[asio]")
+{
+    const int version = TLS_STREAM_TEST_VERSIONS();
+    CAPTURE(version_name(version));
+    auto io = std::make_unique<asio::io_context>();
+    auto [ours, theirs] = loopback(*io);
+    support::raw_peer peer(support::server_context(version), std::move(theirs));
+    support::peer_thread t([&] {
+        peer.accept();
+        std::string got;
+        support::ending how{};
+        while ((got = peer.read_some(64, how)) != "") {
+        }
+        support::ensure(how == support::ending::close_notify, "peer: expected close_notify, got " + to_string(how));
+        const support::raw_end end = support::read_raw_until_eof(peer.fd());
+        support::ensure(end.clean_eof || end.error == ECONNRESET,
+                        "peer: our socket never closed (errno " + std::to_string(end.error) + ")");
+    });
+    bool connected = false;
+    auto client = [&](asio::ip::tcp::socket sock) -> asio::awaitable<void> { // outlives the coroutine
+        asio_stream<tls::full_shutdown> s(support::client_context(version), std::move(sock));
+        co_await s.async_connect("localhost", asio::use_awaitable);
+        connected = true;
+        char buf[16];
+        co_await s.async_read_some(asio::buffer(buf), asio::use_awaitable); // the peer never writes
+    };
+    asio::co_spawn(*io, client(std::move(ours)), asio::detached);
+    while (!connected && io->run_one_for(5s) != 0) {
+    }
+    REQUIRE(connected);
+    io->poll(); // the read is waiting now
+    // Destroying the io_context destroys the suspended coroutine, and the
+    // stream in its frame: its close is started and abandoned at once.
+    const auto took = support::time_of([&] { io.reset(); });
+    CHECK(took < 100ms);
+    t.join();
 }
