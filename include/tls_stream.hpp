@@ -1962,7 +1962,7 @@ public:
     // -- Asio: over an Asio socket only, with <tls_stream/asio.hpp> included
     //
     // Each takes any completion token (a callback, asio::use_awaitable,
-    // asio::deferred, asio::use_future) and runs the step above, waiting
+    // asio::experimental::deferred, asio::use_future) and runs the step above, waiting
     // with the socket's async_wait. At most one read and one write at a
     // time; async_shutdown with neither. Starting any of them makes the
     // destructor close on the socket's executor without waiting (README,
