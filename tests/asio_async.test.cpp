@@ -104,6 +104,23 @@ hold hold_of(F&& f)
     return h;
 }
 
+// The bound on one handler's CPU time. Under AddressSanitizer every
+// allocation and free is instrumented and the kernel's loopback work on
+// close lands on the same thread: one destructor measured up to 37 ms of CPU
+// there, against 0.6 to 1.2 ms in the plain builds, so the sanitizer build
+// checks only for sleeps and gross overruns.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr std::chrono::milliseconds handler_cpu_bound{100};
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr std::chrono::milliseconds handler_cpu_bound{100};
+#else
+constexpr std::chrono::milliseconds handler_cpu_bound{5};
+#endif
+#else
+constexpr std::chrono::milliseconds handler_cpu_bound{5};
+#endif
+
 double ms(std::chrono::steady_clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
 
 // Runs `io` one handler at a time (poll_one() never waits) until it has no
@@ -403,9 +420,9 @@ TEMPLATE_TEST_CASE("the destructor of a stream used asynchronously closes by its
     const double destructor_wall_ms = ms(destructor.wall), longest_wall_ms = ms(longest.wall);
     CAPTURE(destructor_wall_ms, longest_wall_ms);
     CHECK(destructor.sleeps == 0); // it never waited
-    CHECK(destructor.cpu < 5ms);
+    CHECK(destructor.cpu < handler_cpu_bound);
     CHECK(longest.sleeps == 0); // no handler waited
-    CHECK(longest.cpu < 5ms);   // nor held the thread longer
+    CHECK(longest.cpu < handler_cpu_bound); // nor held the thread longer
 }
 
 TEST_CASE("a destructor's close waits for a silent peer on the executor, up to the deadline, without blocking it",
@@ -442,9 +459,9 @@ TEST_CASE("a destructor's close waits for a silent peer on the executor, up to t
     const double destructor_wall_ms = ms(destructor.wall), longest_wall_ms = ms(longest.wall);
     CAPTURE(destructor_wall_ms, longest_wall_ms);
     CHECK(destructor.sleeps == 0);
-    CHECK(destructor.cpu < 5ms);
+    CHECK(destructor.cpu < handler_cpu_bound);
     CHECK(longest.sleeps == 0);
-    CHECK(longest.cpu < 5ms);
+    CHECK(longest.cpu < handler_cpu_bound);
     CHECK(closed_after >= 290ms); // it waited for the peer, by the policy
     CHECK(closed_after < 900ms);  // and no longer than its deadline
 }
