@@ -76,17 +76,23 @@ void expect_closure(support::raw_peer& peer, std::string_view last_data)
 // CPU time, and how often it went to sleep (voluntary context switches: a
 // blocking wait). On a shared machine the wall time also holds preemption,
 // which is not the code's doing (ASan under load showed 20 ms); CPU time
-// and sleeps are, so they are what the tests bound.
+// and sleeps are, so they are what the tests bound (`blocked`).
 struct hold {
     std::chrono::steady_clock::duration wall{};
     std::chrono::nanoseconds cpu{};
     long sleeps = 0;
+
+    // How long the thread was kept from other handlers: its CPU time; if
+    // it slept, all of its wall time (a sleep may be a wait on the network;
+    // a contended allocator lock sleeps too, but briefly).
+    std::chrono::steady_clock::duration blocked{};
 
     void add_max(const hold& h)
     {
         wall = std::max(wall, h.wall);
         cpu = std::max(cpu, h.cpu);
         sleeps += h.sleeps;
+        blocked = std::max(blocked, h.blocked);
     }
 };
 
@@ -101,24 +107,25 @@ hold hold_of(F&& f)
     hold h{std::chrono::steady_clock::now() - wall, support::thread_cpu_time() - cpu, 0};
     ::getrusage(RUSAGE_THREAD, &after);
     h.sleeps = after.ru_nvcsw - before.ru_nvcsw;
+    h.blocked = h.sleeps > 0 ? h.wall : std::chrono::steady_clock::duration(h.cpu);
     return h;
 }
 
-// The bound on one handler's CPU time. Under AddressSanitizer every
+// The bound on how long one handler may block the thread. Under AddressSanitizer every
 // allocation and free is instrumented and the kernel's loopback work on
 // close lands on the same thread: one destructor measured up to 37 ms of CPU
 // there, against 0.6 to 1.2 ms in the plain builds, so the sanitizer build
-// checks only for sleeps and gross overruns.
+// catches only gross overruns (a wait for a silent peer is 300 ms or more).
 #if defined(__SANITIZE_ADDRESS__)
-constexpr std::chrono::milliseconds handler_cpu_bound{100};
+constexpr std::chrono::milliseconds handler_bound{100};
 #elif defined(__has_feature)
 #if __has_feature(address_sanitizer)
-constexpr std::chrono::milliseconds handler_cpu_bound{100};
+constexpr std::chrono::milliseconds handler_bound{100};
 #else
-constexpr std::chrono::milliseconds handler_cpu_bound{5};
+constexpr std::chrono::milliseconds handler_bound{5};
 #endif
 #else
-constexpr std::chrono::milliseconds handler_cpu_bound{5};
+constexpr std::chrono::milliseconds handler_bound{5};
 #endif
 
 double ms(std::chrono::steady_clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
@@ -418,11 +425,9 @@ TEMPLATE_TEST_CASE("the destructor of a stream used asynchronously closes by its
     REQUIRE(io.stopped()); // the close ended and freed everything
     t.join();
     const double destructor_wall_ms = ms(destructor.wall), longest_wall_ms = ms(longest.wall);
-    CAPTURE(destructor_wall_ms, longest_wall_ms);
-    CHECK(destructor.sleeps == 0); // it never waited
-    CHECK(destructor.cpu < handler_cpu_bound);
-    CHECK(longest.sleeps == 0); // no handler waited
-    CHECK(longest.cpu < handler_cpu_bound); // nor held the thread longer
+    CAPTURE(destructor_wall_ms, longest_wall_ms, destructor.sleeps, longest.sleeps);
+    CHECK(destructor.blocked < handler_bound); // it never waited for the peer
+    CHECK(longest.blocked < handler_bound);    // nor did any handler of the close
 }
 
 TEST_CASE("a destructor's close waits for a silent peer on the executor, up to the deadline, without blocking it",
@@ -457,11 +462,9 @@ TEST_CASE("a destructor's close waits for a silent peer on the executor, up to t
     REQUIRE(io.stopped());
     t.join();
     const double destructor_wall_ms = ms(destructor.wall), longest_wall_ms = ms(longest.wall);
-    CAPTURE(destructor_wall_ms, longest_wall_ms);
-    CHECK(destructor.sleeps == 0);
-    CHECK(destructor.cpu < handler_cpu_bound);
-    CHECK(longest.sleeps == 0);
-    CHECK(longest.cpu < handler_cpu_bound);
+    CAPTURE(destructor_wall_ms, longest_wall_ms, destructor.sleeps, longest.sleeps);
+    CHECK(destructor.blocked < handler_bound);
+    CHECK(longest.blocked < handler_bound);
     CHECK(closed_after >= 290ms); // it waited for the peer, by the policy
     CHECK(closed_after < 900ms);  // and no longer than its deadline
 }
