@@ -1397,6 +1397,27 @@ enum class shutdown_result {
 template <socket_like Socket, shutdown_policy Policy = full_shutdown>
 class tls_stream;
 
+namespace detail {
+// The asynchronous members over Asio sockets: declared in tls_stream,
+// defined by <tls_stream/asio.hpp>, so this header never includes Asio.
+template <class Stream>
+struct asio_ops;
+
+// `executor_type` for a stream over an Asio socket (Asio's AsyncReadStream
+// needs it); nothing, at no size, for any other socket.
+template <class S>
+struct executor_base {
+};
+template <asio_socket S>
+struct executor_base<S> {
+    using executor_type = typename S::executor_type;
+};
+
+// What a stream over a non-Asio socket stores for the Asio hook: nothing.
+struct no_hook {
+};
+} // namespace detail
+
 // ---------------------------------------------------------------- event loops
 
 /// What a non-blocking step needs before it can go on.
@@ -1604,7 +1625,7 @@ private:
 /// kernel. Blocking and non-blocking descriptors behave the same to the
 /// caller. No call raises SIGPIPE.
 template <socket_like Socket, shutdown_policy Policy>
-class tls_stream {
+class tls_stream : public detail::executor_base<Socket> {
 public:
     using socket_type = Socket;
     using policy_type = Policy;
@@ -2012,6 +2033,74 @@ public:
         st_.bound = &c;
     }
 
+    // -- Asio: over an Asio socket only, with <tls_stream/asio.hpp> included
+    //
+    // Each takes any completion token (a callback, asio::use_awaitable,
+    // asio::experimental::deferred, asio::use_future) and runs the step above, waiting
+    // with the socket's async_wait. At most one read and one write at a
+    // time; async_shutdown with neither. Starting any of them makes the
+    // destructor close on the socket's executor without waiting (README,
+    // "Asio and coroutines"). Defined in <tls_stream/asio.hpp>.
+
+    /// The socket's executor.
+    auto get_executor() noexcept
+        requires detail::asio_socket<Socket>
+    {
+        return sock_.get_executor();
+    }
+    /// Client handshake as `connect(host)`; completes with `void(std::error_code)`.
+    template <class Token>
+        requires detail::asio_socket<Socket>
+    auto async_connect(std::string_view host, Token&& token)
+    {
+        return detail::asio_ops<tls_stream>::connect(*this, host, std::forward<Token>(token));
+    }
+    /// Client handshake as `connect()`; completes with `void(std::error_code)`.
+    template <class Token>
+        requires detail::asio_socket<Socket>
+    auto async_connect(Token&& token)
+    {
+        return detail::asio_ops<tls_stream>::connect(*this, std::forward<Token>(token));
+    }
+    /// Server handshake; completes with `void(std::error_code)`.
+    template <class Token>
+        requires detail::asio_socket<Socket>
+    auto async_accept(Token&& token)
+    {
+        return detail::asio_ops<tls_stream>::accept(*this, std::forward<Token>(token));
+    }
+    /// Reads into the first non-empty buffer; `void(std::error_code,
+    /// std::size_t)`; the peer's close_notify is `asio::error::eof`.
+    template <class MutableBuffers, class Token>
+        requires detail::asio_socket<Socket>
+    auto async_read_some(const MutableBuffers& buffers, Token&& token)
+    {
+        return detail::asio_ops<tls_stream>::read_some(*this, buffers, std::forward<Token>(token));
+    }
+    /// Writes from the first non-empty buffer (at most one record);
+    /// `void(std::error_code, std::size_t)`.
+    template <class ConstBuffers, class Token>
+        requires detail::asio_socket<Socket>
+    auto async_write_some(const ConstBuffers& buffers, Token&& token)
+    {
+        return detail::asio_ops<tls_stream>::write_some(*this, buffers, std::forward<Token>(token));
+    }
+    /// Half-close as `close_write()`; `void(std::error_code)`.
+    template <class Token>
+        requires detail::asio_socket<Socket>
+    auto async_close_write(Token&& token)
+    {
+        return detail::asio_ops<tls_stream>::close_write(*this, std::forward<Token>(token));
+    }
+    /// The policy's close as `shutdown()`, bounded by the shutdown timeout
+    /// (an Asio timer); `void(std::error_code, tls::shutdown_result)`.
+    template <class Token>
+        requires detail::asio_socket<Socket>
+    auto async_shutdown(Token&& token)
+    {
+        return detail::asio_ops<tls_stream>::shutdown(*this, std::forward<Token>(token));
+    }
+
     // -- configuration
 
     /// The session to resume this connection with later (`set_session` on
@@ -2156,6 +2245,13 @@ public:
 private:
     template <class Stream>
     friend class detail::stream_close_job;
+    template <class Stream>
+    friend struct detail::asio_ops;
+
+    // Set by the first asynchronous operation (<tls_stream/asio.hpp>): the
+    // destructor hands an open stream's close to the socket's executor.
+    // true: it took the stream.
+    using async_close_fn = bool (*)(tls_stream&) noexcept;
 
     enum class phase : unsigned char {
         empty,       // moved-from or released: no SSL
@@ -2186,6 +2282,8 @@ private:
         std::error_code error{}; // the fatal error (failed) or the close's outcome (finished)
         shutdown_result result = shutdown_result::none;
         closer* bound = nullptr; // close_via()
+        [[no_unique_address]] std::conditional_t<detail::asio_socket<Socket>, async_close_fn, detail::no_hook>
+            async_close{}; // set once an asynchronous operation started
     };
 
     // ------------------------------------------------ engine: one step, never waits
@@ -2820,6 +2918,9 @@ private:
         case phase::closing:
             if (st_.bound != nullptr && handed_to_closer())
                 return; // the closer owns the SSL and the socket now
+            if constexpr (detail::asio_socket<Socket>)
+                if (st_.async_close != nullptr && st_.async_close(*this))
+                    return; // the socket's executor finishes the close
             finish_close();
             break;
         case phase::failed: flush_failure(); break;

@@ -15,6 +15,11 @@
 #                              only the event-loop benchmark: steps + closer
 #                              against raw non-blocking OpenSSL, 10 000
 #                              connections (1 000 with --quick), about 2 minutes
+#   scripts/bench.sh --asio [--quick]
+#                              only the coroutine benchmark: the asynchronous
+#                              members against Asio's ssl::stream on one
+#                              io_context (bulk, round trips, churn, heap),
+#                              about 3 minutes
 #
 # Installs what it needs (scripts/setup.sh bench), builds in release mode
 # into build/bench and runs everything from there.
@@ -24,12 +29,14 @@ cd "$(dirname "$0")/.."
 quick=()
 eventloop=false
 memory=false
+asio_only=false
 for arg in "$@"; do
     case "$arg" in
         --quick) quick=(--quick) ;;
         --eventloop) eventloop=true ;;
         --memory) memory=true ;;
-        *) echo "usage: scripts/bench.sh [--eventloop | --memory] [--quick]" >&2; exit 2 ;;
+        --asio) asio_only=true ;;
+        *) echo "usage: scripts/bench.sh [--eventloop | --memory | --asio] [--quick]" >&2; exit 2 ;;
     esac
 done
 
@@ -41,6 +48,7 @@ meson compile -C "$dir" >&2
 bench=$dir/bench/tls_bench
 eventloop_bench=$dir/bench/eventloop_bench
 memory_bench=$dir/bench/memory_bench
+asio_bench=$dir/bench/asio_bench
 
 echo "### Machine"
 echo
@@ -64,8 +72,20 @@ if $eventloop; then
     exit 0
 fi
 
+if $asio_only; then
+    "$asio_bench" "${quick[@]}"
+    echo
+    echo "Load average (1, 5, 15 min) after the run: $(cut -d' ' -f1-3 /proc/loadavg)"
+    exit 0
+fi
+
 taskset -c 0 "$bench" time "${quick[@]}" --title "both threads pinned to one CPU (taskset -c 0)"
 "$bench" time "${quick[@]}" --title "free threads"
 "$bench" counts "${quick[@]}"
 "$memory_bench" "${quick[@]}"
+echo
+echo "### Coroutines: tls_stream's asynchronous members against Asio's ssl::stream"
+echo
+"$asio_bench" "${quick[@]}"
+echo
 echo "Load average (1, 5, 15 min) after the run: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -34,6 +34,9 @@ install_staged() {
     "$MESON" setup "$tmp/lib-build" "$src" --prefix=/usr -Dtests=disabled -Dexamples=disabled >"$tmp/lib-setup.log" ||
         { cat "$tmp/lib-setup.log"; return 1; }
     DESTDIR=$tmp/root "$MESON" install -C "$tmp/lib-build" --quiet
+    for h in tls_stream.hpp tls_stream/asio.hpp; do
+        [ -f "$tmp/root/usr/include/$h" ] || { echo "consumer[$mode]: $h was not installed" >&2; return 1; }
+    done
     # Nothing of the staged files may point back into the source or build tree.
     if grep -rqs -e "$src" -e "$tmp/lib-build" "$tmp/root"; then
         echo "consumer[$mode]: installed files refer to the source or build tree" >&2
