@@ -20,6 +20,7 @@
 // SPDX-License-Identifier: MIT
 #include <tls_stream/asio.hpp>
 
+#include "common.hpp"
 #include "examples/self_signed.hpp"
 
 #include <asio/ssl.hpp>
@@ -55,32 +56,9 @@ double cpu_seconds()
     return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
 }
 
-SSL_CTX* make_ctx(bool server, const self_signed::credentials& creds)
-{
-    SSL_CTX* ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
-    check(ctx != nullptr, "SSL_CTX_new");
-    check(SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) == 1
-              && SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) == 1,
-          "TLS 1.3 only");
-    check(SSL_CTX_set_ciphersuites(ctx, "TLS_AES_256_GCM_SHA384") == 1, "SSL_CTX_set_ciphersuites");
-    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-    if (server) {
-        check(SSL_CTX_use_certificate_chain_file(ctx, creds.chain_file.c_str()) == 1
-                  && SSL_CTX_use_PrivateKey_file(ctx, creds.key_file.c_str(), SSL_FILETYPE_PEM) == 1,
-              "server credentials");
-        check(SSL_CTX_set_num_tickets(ctx, 0) == 1, "SSL_CTX_set_num_tickets");
-    } else {
-        check(SSL_CTX_load_verify_locations(ctx, creds.ca_file.c_str(), nullptr) == 1, "load CA");
-        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
-    }
-    return ctx;
-}
+using bench::make_ctx; // bench/common.hpp
 
-SSL_CTX* shared(SSL_CTX* ctx)
-{
-    SSL_CTX_up_ref(ctx);
-    return ctx;
-}
+using bench::shared;
 
 struct env {
     self_signed::credentials creds;

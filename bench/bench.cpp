@@ -94,11 +94,7 @@ const char* label_of(impl i)
 
 using bench::make_ctx; // bench/common.hpp
 
-SSL_CTX* shared(SSL_CTX* ctx)
-{
-    SSL_CTX_up_ref(ctx);
-    return ctx;
-}
+using bench::shared;
 
 // Everything the implementations share: one SSL_CTX per side, seen through
 // each implementation's own context type.

@@ -44,6 +44,14 @@ inline SSL_CTX* make_ctx(bool server, const self_signed::credentials& creds)
     return ctx;
 }
 
+/// `ctx` with one more reference, for a second owner (tls::context,
+/// asio::ssl::context) of the same SSL_CTX.
+inline SSL_CTX* shared(SSL_CTX* ctx)
+{
+    SSL_CTX_up_ref(ctx);
+    return ctx;
+}
+
 } // namespace bench
 
 #endif
