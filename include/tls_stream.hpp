@@ -1414,8 +1414,7 @@ struct executor_base<S> {
 };
 
 // What a stream over a non-Asio socket stores for the Asio hook: nothing.
-struct no_hook {
-};
+struct no_hook {};
 } // namespace detail
 
 // ---------------------------------------------------------------- event loops
@@ -2043,36 +2042,29 @@ public:
     // "Asio and coroutines"). Defined in <tls_stream/asio.hpp>.
 
     /// The socket's executor.
-    auto get_executor() noexcept
-        requires detail::asio_socket<Socket>
-    {
-        return sock_.get_executor();
-    }
+    auto get_executor() noexcept requires detail::asio_socket<Socket> { return sock_.get_executor(); }
     /// Client handshake as `connect(host)`; completes with `void(std::error_code)`.
     template <class Token>
-        requires detail::asio_socket<Socket>
+    requires detail::asio_socket<Socket>
     auto async_connect(std::string_view host, Token&& token)
     {
         return detail::asio_ops<tls_stream>::connect(*this, host, std::forward<Token>(token));
     }
     /// Client handshake as `connect()`; completes with `void(std::error_code)`.
     template <class Token>
-        requires detail::asio_socket<Socket>
+    requires detail::asio_socket<Socket>
     auto async_connect(Token&& token)
     {
         return detail::asio_ops<tls_stream>::connect(*this, std::forward<Token>(token));
     }
     /// Server handshake; completes with `void(std::error_code)`.
     template <class Token>
-        requires detail::asio_socket<Socket>
-    auto async_accept(Token&& token)
-    {
-        return detail::asio_ops<tls_stream>::accept(*this, std::forward<Token>(token));
-    }
+    requires detail::asio_socket<Socket>
+    auto async_accept(Token&& token) { return detail::asio_ops<tls_stream>::accept(*this, std::forward<Token>(token)); }
     /// Reads into the first non-empty buffer; `void(std::error_code,
     /// std::size_t)`; the peer's close_notify is `asio::error::eof`.
     template <class MutableBuffers, class Token>
-        requires detail::asio_socket<Socket>
+    requires detail::asio_socket<Socket>
     auto async_read_some(const MutableBuffers& buffers, Token&& token)
     {
         return detail::asio_ops<tls_stream>::read_some(*this, buffers, std::forward<Token>(token));
@@ -2080,14 +2072,14 @@ public:
     /// Writes from the first non-empty buffer (at most one record);
     /// `void(std::error_code, std::size_t)`.
     template <class ConstBuffers, class Token>
-        requires detail::asio_socket<Socket>
+    requires detail::asio_socket<Socket>
     auto async_write_some(const ConstBuffers& buffers, Token&& token)
     {
         return detail::asio_ops<tls_stream>::write_some(*this, buffers, std::forward<Token>(token));
     }
     /// Half-close as `close_write()`; `void(std::error_code)`.
     template <class Token>
-        requires detail::asio_socket<Socket>
+    requires detail::asio_socket<Socket>
     auto async_close_write(Token&& token)
     {
         return detail::asio_ops<tls_stream>::close_write(*this, std::forward<Token>(token));
@@ -2095,7 +2087,7 @@ public:
     /// The policy's close as `shutdown()`, bounded by the shutdown timeout
     /// (an Asio timer); `void(std::error_code, tls::shutdown_result)`.
     template <class Token>
-        requires detail::asio_socket<Socket>
+    requires detail::asio_socket<Socket>
     auto async_shutdown(Token&& token)
     {
         return detail::asio_ops<tls_stream>::shutdown(*this, std::forward<Token>(token));

@@ -18,6 +18,7 @@
 #include <catch2/generators/catch_generators.hpp>
 
 #include <chrono>
+#include <cstdlib>
 #include <future>
 #include <memory>
 #include <string>
@@ -127,6 +128,14 @@ constexpr std::chrono::milliseconds handler_bound{5};
 #else
 constexpr std::chrono::milliseconds handler_bound{5};
 #endif
+
+// Under valgrind (the `valgrind` test setup sets TLS_STREAM_UNDER_VALGRIND)
+// every instruction runs 20 to 50 times slower and threads take turns, so
+// there a handler's hold says nothing about the code: the bound is checked
+// in every other build, and upper time limits get 5 times the room.
+bool under_valgrind() { return std::getenv("TLS_STREAM_UNDER_VALGRIND") != nullptr; }
+bool holds_bounded(const hold& h) { return under_valgrind() || h.blocked < handler_bound; }
+std::chrono::milliseconds within(std::chrono::milliseconds limit) { return under_valgrind() ? limit * 5 : limit; }
 
 double ms(std::chrono::steady_clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
 
@@ -246,8 +255,8 @@ TEMPLATE_TEST_CASE("coroutines: async_accept, async_read_until, async_write, asy
         [&]() -> asio::awaitable<void> {
             co_await s.async_accept(asio::use_awaitable);
             std::string line;
-            const std::size_t n = co_await asio::async_read_until(s, asio::dynamic_buffer(line), '\n',
-                                                                   asio::use_awaitable);
+            const std::size_t n =
+                co_await asio::async_read_until(s, asio::dynamic_buffer(line), '\n', asio::use_awaitable);
             first = line.substr(0, n);
             rest = line.substr(n);
             co_await asio::async_write(s, asio::buffer("reply\n", 6), asio::use_awaitable);
@@ -268,8 +277,8 @@ TEMPLATE_TEST_CASE("coroutines: async_accept, async_read_until, async_write, asy
     CHECK(to_string(r) == "complete"); // close_notify went both ways before the close
 }
 
-TEMPLATE_TEST_CASE("coroutines: a client's async_connect, asio::async_write, async_read_some, async_shutdown",
-                   "[asio]", TLS_STREAM_TEST_POLICIES)
+TEMPLATE_TEST_CASE("coroutines: a client's async_connect, asio::async_write, async_read_some, async_shutdown", "[asio]",
+                   TLS_STREAM_TEST_POLICIES)
 {
     const int version = TLS_STREAM_TEST_VERSIONS();
     CAPTURE(version_name(version));
@@ -295,12 +304,10 @@ TEMPLATE_TEST_CASE("coroutines: a client's async_connect, asio::async_write, asy
         got.assign(buf, n);
         r = co_await s.async_shutdown(asio::use_awaitable);
     };
-    asio::co_spawn(
-        io, client(std::move(ours)),
-        [](std::exception_ptr e) {
-            if (e)
-                std::rethrow_exception(e);
-        });
+    asio::co_spawn(io, client(std::move(ours)), [](std::exception_ptr e) {
+        if (e)
+            std::rethrow_exception(e);
+    });
     REQUIRE(run_out(io));
     t.join();
     CHECK(got == "pong");
@@ -391,7 +398,7 @@ TEST_CASE("async_shutdown against a silent peer ends at the policy's deadline", 
     CHECK(ec == tls::errc::timeout);
     CHECK(to_string(r) == "sent");
     CHECK(took >= 290ms);
-    CHECK(took < 900ms);
+    CHECK(took < within(900ms));
     CHECK(heartbeats >= 10);
     done.open();
     t.join();
@@ -417,7 +424,7 @@ TEMPLATE_TEST_CASE("the destructor of a stream used asynchronously closes by its
         REQUIRE_FALSE(ec);
         s->async_read_some(asio::buffer(buf), [&](std::error_code ec2, std::size_t) {
             REQUIRE_FALSE(ec2);
-            s->write_all(support::bytes("bye")); // blocking members mix with the async ones
+            s->write_all(support::bytes("bye"));      // blocking members mix with the async ones
             destructor = hold_of([&] { s.reset(); }); // open: the close goes on, on the executor
         });
     });
@@ -426,8 +433,8 @@ TEMPLATE_TEST_CASE("the destructor of a stream used asynchronously closes by its
     t.join();
     const double destructor_wall_ms = ms(destructor.wall), longest_wall_ms = ms(longest.wall);
     CAPTURE(destructor_wall_ms, longest_wall_ms, destructor.sleeps, longest.sleeps);
-    CHECK(destructor.blocked < handler_bound); // it never waited for the peer
-    CHECK(longest.blocked < handler_bound);    // nor did any handler of the close
+    CHECK(holds_bounded(destructor)); // it never waited for the peer
+    CHECK(holds_bounded(longest));    // nor did any handler of the close
 }
 
 TEST_CASE("a destructor's close waits for a silent peer on the executor, up to the deadline, without blocking it",
@@ -447,7 +454,8 @@ TEST_CASE("a destructor's close waits for a silent peer on the executor, up to t
         support::ensure(how == support::ending::close_notify, "peer: expected close_notify, got " + to_string(how));
         // Silent: never answers. Our socket closes at the deadline.
         const support::raw_end end = support::read_raw_until_eof(peer.fd());
-        support::ensure(end.clean_eof, "peer: our socket did not close cleanly (errno " + std::to_string(end.error) + ")");
+        support::ensure(end.clean_eof,
+                        "peer: our socket did not close cleanly (errno " + std::to_string(end.error) + ")");
     });
     auto s = std::make_unique<asio_stream<support::brief_full>>(support::client_context(version), std::move(ours));
     std::chrono::steady_clock::time_point destroyed;
@@ -463,10 +471,10 @@ TEST_CASE("a destructor's close waits for a silent peer on the executor, up to t
     t.join();
     const double destructor_wall_ms = ms(destructor.wall), longest_wall_ms = ms(longest.wall);
     CAPTURE(destructor_wall_ms, longest_wall_ms, destructor.sleeps, longest.sleeps);
-    CHECK(destructor.blocked < handler_bound);
-    CHECK(longest.blocked < handler_bound);
-    CHECK(closed_after >= 290ms); // it waited for the peer, by the policy
-    CHECK(closed_after < 900ms);  // and no longer than its deadline
+    CHECK(holds_bounded(destructor));
+    CHECK(holds_bounded(longest));
+    CHECK(closed_after >= 290ms);        // it waited for the peer, by the policy
+    CHECK(closed_after < within(900ms)); // and no longer than its deadline
 }
 
 TEST_CASE("a stream over an Asio socket used only through blocking members keeps the blocking close", "[asio]")
@@ -485,7 +493,7 @@ TEST_CASE("a stream over an Asio socket used only through blocking members keeps
     CHECK(s->get_executor() == io.get_executor()); // asking for the executor starts nothing
     const auto took = support::time_of([&] { s.reset(); });
     CHECK(took >= 290ms); // the destructor itself waited for the peer, up to the deadline
-    CHECK(took < 900ms);
+    CHECK(took < within(900ms));
     CHECK(io.poll() == 0); // nothing was handed to the executor
     done.open();
     t.join();
@@ -526,7 +534,7 @@ TEST_CASE("an io_context destroyed with destructor closes pending frees them wit
     }
     CHECK_FALSE(io->stopped()); // the close is still pending
     const auto took = support::time_of([&] { io.reset(); });
-    CHECK(took < 100ms);
+    CHECK(took < within(100ms));
     t.join(); // the peer saw our close_notify, then our socket close
 }
 
@@ -638,8 +646,8 @@ TEMPLATE_TEST_CASE("openssl s_server sees the policy's closure from a coroutine 
             co_await asio::async_write(s, asio::buffer("ping from asio\n", 15), asio::use_awaitable);
             support::ensure(srv.wait_for_output("ping from asio", interop::soon()), "s_server did not print our line");
             support::ensure(srv.write_stdin("pong from s_server\n"), "s_server's stdin is closed");
-            const std::size_t n = co_await asio::async_read_until(s, asio::dynamic_buffer(line), '\n',
-                                                                   asio::use_awaitable);
+            const std::size_t n =
+                co_await asio::async_read_until(s, asio::dynamic_buffer(line), '\n', asio::use_awaitable);
             line.resize(n);
             r = co_await s.async_shutdown(asio::redirect_error(asio::use_awaitable, ec));
         },
@@ -699,6 +707,6 @@ TEST_CASE("an io_context destroyed while a coroutine waits on a read frees its s
     // Destroying the io_context destroys the suspended coroutine, and the
     // stream in its frame: its close is started and abandoned at once.
     const auto took = support::time_of([&] { io.reset(); });
-    CHECK(took < 100ms);
+    CHECK(took < within(100ms));
     t.join();
 }

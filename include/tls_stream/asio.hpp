@@ -198,7 +198,7 @@ struct asio_ops {
     static auto connect(Stream& s, std::string_view host, Token&& token)
     {
         return start<void(std::error_code)>(s, handshake_step{std::string(host), true, true},
-                                             std::forward<Token>(token));
+                                            std::forward<Token>(token));
     }
     template <class Token>
     static auto connect(Stream& s, Token&& token)
@@ -372,8 +372,7 @@ struct asio_ops {
         if (!j.socket_waits) {
             j.socket_waits = true;
             j.waiting = w;
-            j.s.socket().async_wait(asio_wait_type(w),
-                                    asio::bind_executor(j.strand, [job](std::error_code e) {
+            j.s.socket().async_wait(asio_wait_type(w), asio::bind_executor(j.strand, [job](std::error_code e) {
                                         job->socket_waits = false;
                                         if (job->done)
                                             return;
