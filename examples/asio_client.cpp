@@ -68,7 +68,7 @@ try {
     asio::io_context io;
     bool failed = false;
     asio::co_spawn(io, fetch(ctx, args[0], args.size() > 1 ? args[1] : "443", args.size() > 2 ? args[2] : "/"),
-                   [&](std::exception_ptr e) {
+                   [&](const std::exception_ptr& e) {
                        if (!e)
                            return;
                        failed = true;

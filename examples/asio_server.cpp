@@ -34,7 +34,7 @@ asio::awaitable<void> serve(const tls::context& ctx, asio::ip::tcp::socket sock)
     if (ec)
         co_return; // a failed handshake: the destructor only frees
     std::string head;
-    co_await asio::async_read_until(s, asio::dynamic_buffer(head, 16 * 1024), "\r\n\r\n",
+    co_await asio::async_read_until(s, asio::dynamic_buffer(head, std::size_t{16} * 1024), "\r\n\r\n",
                                     asio::redirect_error(asio::use_awaitable, ec));
     if (ec)
         co_return; // the destructor closes by the policy, on the executor
